@@ -1,0 +1,171 @@
+"""The on-disk shard format, shared by the sharding tool (writes), the loaders (read) and --verify.
+
+A split is a list of WebDataset tars `PREFIX-{split}-NNNNNN.tar`, each with a DALI index beside it
+(`.idx`, the `wds2idx` v1.2 text format: a header `v1.2 N`, then one line per sample listing
+`ext data_offset size member_name` for each of its files). `_info.json` (timm-compatible) holds the
+splits, the class list and per-shard sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+INFO_NAME = "_info.json"
+IDX_VERSION = "v1.2"
+TAR_BLOCK = 512
+SPLIT_ALIASES = {"val": "validation", "validation": "validation", "train": "train"}
+
+
+class ShardError(ValueError):
+    """Bad shard data; the message names the file (and the sample key where there is one)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One regular file inside a tar: `name`, data offset in bytes from the tar start, size in bytes."""
+
+    name: str
+    offset: int
+    size: int
+
+    @property
+    def key(self) -> str:
+        return self.name[: self.name.find(".", self.name.rfind("/") + 1)] if "." in self.name else self.name
+
+    @property
+    def ext(self) -> str:
+        return self.name[len(self.key) + 1 :]
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split of a sharded dataset: absolute shard paths, samples per shard, class names."""
+
+    name: str
+    files: tuple[Path, ...]
+    shard_lengths: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.shard_lengths)
+
+
+def idx_path(tar_path: str | Path) -> Path:
+    """The DALI index file beside a shard: `x.tar` -> `x.idx`."""
+    p = Path(tar_path)
+    return p.with_name(p.name[: -len(".tar")] + ".idx") if p.name.endswith(".tar") else p.with_suffix(".idx")
+
+
+def format_idx(samples: list[list[Member]]) -> str:
+    """The v1.2 index text for samples given as lists of their members (in tar order)."""
+    lines = [f"{IDX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{m.ext} {m.offset} {m.size} {m.name}" for m in sample) for sample in samples]
+    return "\n".join(lines) + "\n"
+
+
+def read_idx(path: str | Path) -> list[list[Member]]:
+    """Parse a v1.2 index into samples; raises ShardError naming the file on any malformed line."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != IDX_VERSION or not head[1].isdigit():
+        raise ShardError(f"{path}: not a {IDX_VERSION} DALI index (header {lines[:1]})")
+    samples = []
+    for n, line in enumerate(lines[1:], start=2):
+        f = line.split()
+        if not f or len(f) % 4:
+            raise ShardError(f"{path}:{n}: malformed index line")
+        try:
+            members = [Member(f[i + 3], int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)]
+        except ValueError:
+            raise ShardError(f"{path}:{n}: offset or size is not an integer") from None
+        samples.append(members)
+    if len(samples) != int(head[1]):
+        raise ShardError(f"{path}: header says {head[1]} samples, index lists {len(samples)}")
+    return samples
+
+
+def scan_tar(path: str | Path) -> list[Member]:
+    """Regular-file members of a tar with their data offsets, read from the headers only.
+
+    Raises ShardError naming the file when the tar is truncated or its headers are corrupt.
+    """
+    size = os.path.getsize(path)
+    members = []
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for ti in tf:
+                if ti.isreg():
+                    if ti.offset_data + ti.size > size:
+                        raise ShardError(f"{path}: truncated inside member {ti.name}")
+                    members.append(Member(ti.name, ti.offset_data, ti.size))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{path}: unreadable tar ({e})") from None
+    return members
+
+
+def group_samples(members: list[Member]) -> list[list[Member]]:
+    """Consecutive members with the same key form one sample (the WebDataset convention)."""
+    samples: list[list[Member]] = []
+    for m in members:
+        if samples and samples[-1][0].key == m.key:
+            samples[-1].append(m)
+        else:
+            samples.append([m])
+    return samples
+
+
+def parse_cls(raw: bytes, num_classes: int | None, where: str) -> int:
+    """An ASCII class index -> int, checked against num_classes; ShardError naming `where` otherwise."""
+    text = raw.decode("ascii", "replace").strip()
+    if not text.isdigit():
+        raise ShardError(f"{where}: cls {text[:20]!r} is not a non-negative integer")
+    label = int(text)
+    if num_classes is not None and label >= num_classes:
+        raise ShardError(f"{where}: cls {label} is out of range for {num_classes} classes")
+    return label
+
+
+def load_split(data: str | Path, split: str) -> SplitInfo:
+    """Shards of one split from a dataset folder (with `_info.json`) or a brace/glob-free list.
+
+    `data` is a folder written by tools/shard_imagenet.py or in timm's `imagenet-1k-wds` layout.
+    Without `_info.json`, shards named `*-{split}-*.tar` are taken in sorted order and their
+    lengths read from the index files (or tar headers when there is no index).
+    """
+    root = Path(data)
+    split = SPLIT_ALIASES.get(split, split)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder does not exist")
+    info_file = root / INFO_NAME
+    if info_file.exists():
+        try:
+            info = json.loads(info_file.read_text())
+            s = info["splits"][split]
+            files = tuple(root / f for f in s["filenames"])
+            lengths = tuple(int(n) for n in s["shard_lengths"])
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ShardError(f"{info_file}: no usable split {split!r} ({e!s})") from None
+        classes = tuple(info.get("classes", ()))
+    else:
+        files = tuple(sorted(root.glob(f"*-{split}-*.tar")))
+        lengths = tuple(_count_samples(f) for f in files)
+        classes = ()
+    if not files:
+        raise ShardError(f"{root}: no shards for split {split!r}")
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: shard listed in {INFO_NAME} does not exist")
+    return SplitInfo(split, files, lengths, classes)
+
+
+def _count_samples(tar: Path) -> int:
+    idx = idx_path(tar)
+    if idx.exists():
+        return len(read_idx(idx))
+    return len(group_samples(scan_tar(tar)))

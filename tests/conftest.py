@@ -1,0 +1,39 @@
+"""Shared fixtures: a small synthetic ImageNet and its shards, made once per test session."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))  # the scripts' modules (tools/ is not a package)
+
+import make_synthetic_imagenet  # noqa: E402
+import shard_imagenet  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """10 classes x 20 train (+ the 5 oddities), 5 val per class (flat + CSV), with archives."""
+    out = tmp_path_factory.mktemp("syn") / "imagenet"
+    return make_synthetic_imagenet.make_dataset(out, oddities=True, archives=True, workers=2)
+
+
+@pytest.fixture(scope="session")
+def shards(synthetic, tmp_path_factory):
+    """The synthetic dataset sharded at 40 samples per shard (train: 6 shards, val: 2)."""
+    out = tmp_path_factory.mktemp("shards") / "out"
+    rc = shard_imagenet.main(["--src", str(synthetic.root), "--out", str(out),
+                              "--samples-per-shard", "40", "--workers", "2"])
+    assert rc == 0
+    return out
