@@ -104,6 +104,12 @@ def scan_tar(path: str | Path) -> list[Member]:
                     if ti.offset_data + ti.size > size:
                         raise ShardError(f"{path}: truncated inside member {ti.name}")
                     members.append(Member(ti.name, ti.offset_data, ti.size))
+            end = tf.offset  # where the end-of-archive marker (two zero blocks) must start
+        with open(path, "rb") as f:
+            f.seek(end)
+            if f.read(2 * TAR_BLOCK) != bytes(2 * TAR_BLOCK):
+                after = f" after member {members[-1].name}" if members else ""
+                raise ShardError(f"{path}: truncated{after} (no end-of-archive marker)")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path}: unreadable tar ({e})") from None
     return members
@@ -127,7 +133,7 @@ def parse_cls(raw: bytes, num_classes: int | None, where: str) -> int:
         raise ShardError(f"{where}: cls {text[:20]!r} is not a non-negative integer")
     label = int(text)
     if num_classes is not None and label >= num_classes:
-        raise ShardError(f"{where}: cls {label} is out of range for {num_classes} classes")
+        raise ShardError(f"{where}: cls {text!r} is out of range for {num_classes} classes")
     return label
 
 

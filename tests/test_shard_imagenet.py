@@ -11,11 +11,12 @@ import tarfile
 import time
 from pathlib import Path
 
-import shard_imagenet
 import webdataset as wds
 from PIL import Image
 
 from pipeline.shards import read_idx, scan_tar
+
+import shard_imagenet
 
 TOOL = [sys.executable, str(Path(shard_imagenet.__file__))]
 

@@ -28,11 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules when run as a script
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the project's packages
 
-from imagenet_sources import SourceError, list_split  # noqa: E402
-from shard_writer import ImageOptions, write_shard  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.shards import INFO_NAME, SPLIT_ALIASES  # noqa: E402
+
+from imagenet_sources import SourceError, list_split  # noqa: E402
+from shard_writer import ImageOptions, write_shard  # noqa: E402
 
 VERSION = "1.0"
 PREFIX = "imagenet1k"

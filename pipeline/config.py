@@ -1,0 +1,50 @@
+"""The data section of the training config: which loader, which shards, which augmentations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOADERS = ("dali", "baseline", "synthetic")
+AUTO_AUGMENTS = ("none", "trivial", "auto")
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # folder of shards (+ _info.json), from tools/shard_imagenet.py or timm's layout
+    loader: str = "dali"  # dali | baseline | synthetic
+    batch_size: int = 256  # per rank
+    image_size: int = 224  # train crop side, px (may change between epochs)
+    val_image_size: int = 224  # val centre crop side, px
+    val_crop_ratio: float = 0.875  # val: resize shorter side to val_image_size / ratio (256 for 224)
+    min_area: float = 0.08  # RandomResizedCrop scale range [min_area, 1]
+    num_threads: int = 4  # DALI CPU threads per rank
+    workers: int = 4  # baseline DataLoader worker processes per rank
+    prefetch: int = 2  # batches prepared ahead (DALI prefetch_queue_depth, DataLoader prefetch_factor)
+    shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (DALI initial_fill)
+    seed: int = 0  # data order and augmentation depend only on (seed, epoch, rank)
+    pad_channels: bool = False  # emit 4 channels (4th zero) for the model's 4-channel stem
+    hw_decoder_load: float = 0.65  # share of JPEGs sent to the GPU's hardware decoder (mixed only)
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
+    auto_augment: str = "none"  # none | trivial (TrivialAugment Wide) | auto (AutoAugment ImageNet)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key of the first bad value."""
+        if self.loader not in LOADERS:
+            raise ValueError(f"data.loader: {self.loader!r} is not one of {LOADERS}")
+        if self.auto_augment not in AUTO_AUGMENTS:
+            raise ValueError(f"data.auto_augment: {self.auto_augment!r} is not one of {AUTO_AUGMENTS}")
+        for key in ("batch_size", "image_size", "val_image_size", "num_threads", "prefetch", "shuffle_buffer"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"data.{key}: must be positive, got {getattr(self, key)}")
+        if self.workers < 0:
+            raise ValueError(f"data.workers: must be >= 0, got {self.workers}")
+        if not 0 < self.min_area <= 1:
+            raise ValueError(f"data.min_area: must be in (0, 1], got {self.min_area}")
+        if not 0 < self.val_crop_ratio <= 1:
+            raise ValueError(f"data.val_crop_ratio: must be in (0, 1], got {self.val_crop_ratio}")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ValueError(f"data.hw_decoder_load: must be in [0, 1], got {self.hw_decoder_load}")
+        if self.loader != "synthetic" and not self.path:
+            raise ValueError("data.path: no shard folder given")
