@@ -86,7 +86,8 @@ class TarIndexWriter:
             ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o644, "", ""
             self._write(ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
             members.append(Member(ti.name, self.pos, len(data)))
-            self._write(data + b"\0" * (-len(data) % TAR_BLOCK))
+            self._write(data)
+            self._write(b"\0" * (-len(data) % TAR_BLOCK))  # apart: no copy of the image bytes
         self.samples.append(members)
 
     def close(self) -> None:
