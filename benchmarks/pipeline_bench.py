@@ -60,7 +60,7 @@ def measure(loader_name: str, args, device: torch.device) -> dict:
     """Every stage of one loader -> {stage: figures}."""
     cfg = DataConfig(path=args.data, loader=loader_name, batch_size=args.batch_size, image_size=args.image_size,
                      val_image_size=args.image_size, num_threads=args.threads, workers=args.threads,
-                     shuffle_buffer=args.shuffle_buffer)
+                     shuffle_buffer=args.shuffle_buffer, hw_decoder_load=args.hw_decoder_load)
     loader = build_loader(cfg, args.split, 0, 1, device)
     make = dali_batches if loader_name == "dali" else baseline_batches
     out = {}
@@ -94,6 +94,7 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads = baseline workers")
     p.add_argument("--shuffle-buffer", type=int, default=1024)
+    p.add_argument("--hw-decoder-load", type=float, default=0.65, help="share of JPEGs on the hardware decoder")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per stage")
     p.add_argument("--steps", type=int, default=10, help="batches per timed repeat")
     p.add_argument("--repeats", type=int, default=3)

@@ -30,10 +30,14 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "shard_imagenet.py"
 
 
 def _decode(path: str) -> int:
-    with open(path, "rb") as f:
-        im = Image.open(io.BytesIO(f.read()))
-        im.load()
-    return im.width
+    """PIL's plain decode of one file (the floor); a bad file costs its failed attempt, as in the tool."""
+    try:
+        with open(path, "rb") as f:
+            im = Image.open(io.BytesIO(f.read()))
+            im.load()
+        return im.width
+    except Exception:  # PIL raises many types for bad data
+        return 0
 
 
 def timed(fn, repeats: int) -> float:

@@ -1,0 +1,88 @@
+"""The benchmarks: the verdict logic on constructed figures, and each tool at tiny sizes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import pipeline_bench, shard_bench, suite
+from benchmarks.verdict import mfu, verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--batch-size", "8", "--image-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "2",
+        "--threads", "2", "--shuffle-buffer", "16"]
+
+
+def test_verdict_slow_decode_is_input_bound_decode():
+    v = verdict(model_img_s=1000, stages={"read": 50000, "decode": 400, "train": 350}, end_to_end_img_s=340)
+    assert v["bound"] == "input-bound: decode" and v["shortfall"] == pytest.approx(2.5)
+    assert "hw_decoder_load" in v["advice"] and v["efficiency"] == pytest.approx(0.34)
+
+
+def test_verdict_slow_model_is_compute_bound():
+    v = verdict(model_img_s=300, stages={"read": 50000, "decode": 2000, "train": 1500}, end_to_end_img_s=298)
+    assert v["bound"] == "compute-bound" and v["limit"] == "compute"
+
+
+def test_verdict_other_stages():
+    assert verdict(1000, {"read": 500, "decode": 400, "train": 300}, 290)["bound"] == "input-bound: read"
+    assert verdict(1000, {"read": 9e4, "decode": 3000, "train": 600}, 590)["bound"] == "input-bound: augment"
+    v = verdict(1000, {"read": 9e4, "decode": 3000, "train": 2000}, 700)  # each stage fast alone
+    assert v["bound"] == "input-bound: host-to-device" and v["shortfall"] == pytest.approx(1000 / 700)
+
+
+def test_mfu():
+    assert mfu(4.1e9, 1000, 3 * 4.1e12) == pytest.approx(1.0)  # training = 3x forward FLOPs
+
+
+def test_pipeline_bench_writes_every_field(shards, tmp_path):
+    out = tmp_path / "p.json"
+    assert pipeline_bench.main(["--data", str(shards), "--device", "cpu", "--json", str(out), *TINY]) == 0
+    r = json.loads(out.read_text())
+    assert r["machine"]["cores"] and r["machine"]["dali"]
+    for name in ("dali", "baseline"):
+        stages = r["loaders"][name]
+        assert set(stages) == {"read", "decode", "train"}
+        assert all(s["img_per_s"] > 0 and len(s["repeats_img_per_s"]) == 2 for s in stages.values())
+        assert stages["read"]["mb_per_s"] > 0
+        t = stages["train"]
+        assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "float16", "channels_last")
+    assert r["dali_over_baseline_train"] > 0
+
+
+def test_suite_writes_json_and_plot(shards, tmp_path):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    args = ["--data", str(shards), "--device", "cpu", "--model", "resnet18", "--json", str(out),
+            "--plot", str(png), "--stages", "read,train", *TINY]
+    assert suite.main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["model_only"]["per_s"] > 0
+    assert set(r["pipeline_only"]) == set(r["end_to_end"]) == {"dali", "baseline"}
+    assert r["verdict"]["bound"].startswith(("compute-bound", "input-bound: "))
+    assert 0 < r["verdict"]["efficiency"] and r["mfu"]["peak_source"].startswith("measured")
+    assert 0 < r["mfu"]["model_only"] < 1
+    # end to end cannot beat the slower of its two halves (beyond noise)
+    for name, e in r["end_to_end"].items():
+        assert e["per_s"] <= 1.5 * min(r["model_only"]["per_s"], r["pipeline_only"][name]["train"]["img_per_s"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shard_bench_runs(synthetic, tmp_path):
+    out = tmp_path / "b.json"
+    assert shard_bench.main(["--src", str(synthetic.root), "--repeats", "1", "--workers", "2",
+                             "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 205 and r["header_over_tar"] > 0 and r["decode_vs_pil"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--out", str(tmp_path), "--dry-run"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "all steps passed" in p.stdout and "input efficiency" in p.stdout
+    assert json.loads((tmp_path / "suite.json").read_text())["model_only"]["per_s"] > 0

@@ -1,0 +1,95 @@
+"""Checkpoints: round trip, atomic writes, keep-last, corrupt files skipped, pickles refused."""
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from model import ModelConfig, build_model
+from train import checkpoint as ckpt
+from train.config import OptimConfig, load_config, to_dict
+from train.optim import build_optimizer
+
+
+def make_state(epoch: int, step: int) -> dict:
+    torch.manual_seed(epoch)
+    model = build_model(ModelConfig(name="resnet18", num_classes=10))
+    opt = build_optimizer(model, OptimConfig(), lr=0.1)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()  # momentum buffers exist
+    cfg = load_config(None, ["data.loader=synthetic", "model.name=resnet18"])
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": None, "ema": None,
+            "epoch": epoch, "step_in_epoch": 0, "global_step": step, "config": to_dict(cfg),
+            "rng": ckpt.rng_state(), "best": [50.0, 90.0, 1], "history": [{"epoch": 0, "loss": 2.0}]}
+
+
+def test_round_trip_restores_everything(tmp_path):
+    random.seed(3)
+    np.random.seed(3)
+    state = make_state(1, 10)
+    path = ckpt.save_checkpoint(state, tmp_path, keep_last=3, is_best=True)
+    assert path.name == "ckpt-e0001-s00000010.pt" and (tmp_path / "best.pt").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    expect = (torch.rand(3), random.random(), np.random.rand())
+    back = ckpt.load_checkpoint(path)
+    for k, v in state["model"].items():
+        assert torch.equal(back["model"][k], v), k
+    mom = back["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(mom, state["optimizer"]["state"][0]["momentum_buffer"])
+    assert back["config"] == state["config"] and back["history"] == state["history"]
+    ckpt.set_rng_state(back["rng"])
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expect[0], again[0]) and expect[1:] == again[1:]
+
+
+def test_keep_last_and_best(tmp_path):
+    state = make_state(0, 0)
+    for epoch in range(1, 6):
+        ckpt.save_checkpoint({**state, "epoch": epoch, "global_step": 10 * epoch}, tmp_path, keep_last=2,
+                             is_best=epoch == 2)
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    assert names == ["ckpt-e0004-s00000040.pt", "ckpt-e0005-s00000050.pt"]
+    assert ckpt.load_checkpoint(tmp_path / "best.pt")["epoch"] == 2  # survives its file's pruning
+
+
+def test_resume_auto_skips_corrupt_and_partial_files(tmp_path, capsys):
+    state = make_state(1, 10)
+    good = ckpt.save_checkpoint(state, tmp_path, keep_last=5, is_best=False)
+    data = good.read_bytes()
+    (tmp_path / ckpt.checkpoint_name(2, 20)).write_bytes(data[: len(data) // 2])  # partial
+    (tmp_path / ckpt.checkpoint_name(3, 30)).write_bytes(b"\0" * 1000)  # garbage
+    torch.save({"model": {}}, tmp_path / ckpt.checkpoint_name(4, 40))  # not ours
+    (tmp_path / f".{ckpt.checkpoint_name(5, 50)}.tmp-123").write_bytes(data)  # a dead writer's temp file
+    path, back = ckpt.find_resume(tmp_path)
+    assert path == good and back["global_step"] == 10
+    err = capsys.readouterr().err
+    assert err.count("warning: skipping checkpoint") == 3, err
+    assert ckpt.list_checkpoints(tmp_path) == [good]  # the bad ones were renamed *.corrupt
+    assert len(list(tmp_path.glob("*.pt.corrupt"))) == 3
+    assert ckpt.find_resume(tmp_path / "nothing") is None
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / ckpt.checkpoint_name(9, 90)
+    state = make_state(1, 10)
+    state["model"]["evil"] = Evil(marker)
+    torch.save({"format": ckpt.FORMAT, **state}, path)
+    with open(tmp_path / "plain.pt", "wb") as f:
+        pickle.dump(Evil(marker), f, protocol=2)
+    for p in (path, tmp_path / "plain.pt"):
+        with pytest.raises(ckpt.CheckpointError, match="not weights-only"):
+            ckpt.load_checkpoint(p)
+    assert ckpt.find_resume(tmp_path) is None
+    assert not marker.exists()

@@ -1,0 +1,101 @@
+"""The training config: typed YAML + dotted overrides, and errors that name the key."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.config import Config, ConfigError, from_dict, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    p = write(tmp_path, "optim:\n  weight_decay: 5e-5\n  base_lr: 1\ntrain:\n  amp: off\n  epochs: 3\n")
+    cfg = load_config(p, ["optim.base_lr=0.2", "train.resize=[[0, 96], [2, 128]]", "data.loader=synthetic",
+                          "train.stop_after_epoch=2", "train.finetune.freeze_stages=2"])
+    # YAML 1.2 scalars: 5e-5 is a float (not the string PyYAML 1.1 gives), `off` is a string.
+    assert cfg.optim.weight_decay == 5e-5 and isinstance(cfg.optim.weight_decay, float)
+    assert cfg.train.amp == "off"
+    assert cfg.optim.base_lr == 0.2 and cfg.train.epochs == 3
+    assert cfg.train.resize == [[0, 96], [2, 128]]
+    assert cfg.train.stop_after_epoch == 2 and cfg.train.finetune.freeze_stages == 2
+    assert from_dict(to_dict(cfg)) == cfg
+    assert isinstance(load_config(None, ["data.loader=synthetic"]), Config)
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("optim:\n  lrr: 0.1\n", [], "optim.lrr"),
+    ("", ["optim.lrr=0.1"], "optim.lrr"),
+    ("", ["nosuch=1"], "nosuch"),
+    ("", ["train.finetune.weight=x"], "train.finetune.weight"),
+    ("train:\n  epochs: '3'\n", [], "train.epochs"),  # a str is not an int
+    ("", ["train.epochs=3.5"], "train.epochs"),
+    ("", ["train.channels_last=1"], "train.channels_last"),  # an int is not a bool
+    ("", ["optim.base_lr=fast"], "optim.base_lr"),
+    ("", ["train.resize=[[0, big]]"], "train.resize[0][1]"),
+    ("", ["optim=3"], "optim"),
+    ("", ["train.amp=fp8"], "train.amp"),  # bad values, right types
+    ("", ["optim.base_lr=-1"], "optim.base_lr"),
+    ("", ["data.batch_size=0"], "data.batch_size"),
+    ("", ["model.name=resnet9"], "model.name"),
+    ("", ["train.resize=[[5, 128], [0, 96]]"], "train.resize"),
+    ("", ["optim.warmup_epochs=100", "train.epochs=10"], "optim.warmup_epochs"),
+])
+def test_errors_name_the_key(tmp_path, text, overrides, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")) as e:
+        load_config(write(tmp_path, text), ["data.loader=synthetic", *overrides])
+    assert "\n" not in str(e.value)
+
+
+def test_progressive_resizing_steps():
+    from train.trainer import image_size_at
+
+    ramp = [[0, 160], [8, 176], [20, 192]]
+    assert [image_size_at(e, ramp, 224) for e in (0, 7, 8, 19, 20, 40)] == [160, 160, 176, 176, 192, 192]
+    assert image_size_at(3, [], 224) == 224 and image_size_at(0, [[2, 128]], 96) == 96
+
+
+def test_python_tags_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+    p = write(tmp_path, f"run_dir: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not safe YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not safe YAML"):
+        load_config(None, ["run_dir=!!python/object:train.config.Config {}"])
+    assert not marker.exists()
+
+
+def run_cli(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["optim.lrr=0.1"], "unknown key 'optim.lrr'"),
+    (["train.epochs=many"], "'train.epochs' must be int"),
+    (["train.amp=fp8"], "'train.amp'"),
+    (["--config", "c.yaml"], "not safe YAML"),
+])
+def test_cli_exits_2_before_any_work(tmp_path, args, key):
+    (tmp_path / "c.yaml").write_text("train: !!python/object/new:dict {}\n")
+    r = run_cli([*args, "run_dir=out", "data.loader=synthetic"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert key in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.name == "resnet50" and cfg.train.amp == "bf16" and cfg.train.channels_last
+    assert cfg.data.loader == "dali"

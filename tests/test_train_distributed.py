@@ -1,0 +1,36 @@
+"""Two CPU processes under torchrun (gloo): DDP trains, and the exact evaluation counts every
+validation image once (50 images over 2 ranks x batch 8: not a multiple of 16)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_torchrun_two_processes_count_each_val_image_once(shards, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train",
+            "data.loader=dali", f"data.path={shards}", "data.batch_size=8", "data.num_threads=1",
+            "data.image_size=32", "data.val_image_size=32", "model.name=resnet18", "model.num_classes=10",
+            "train.epochs=2", "train.log_every=4", "optim.warmup_epochs=0.5", "optim.base_lr=0.32",
+            f"run_dir={run_dir}"]
+    outs = []
+    for extra in (["train.stop_after_epoch=1"], []):  # stop after epoch 0, then resume on both ranks
+        r = subprocess.run(args + extra, env=env, capture_output=True, text=True, timeout=300)
+        outs.append(r.stdout + r.stderr)
+        assert r.returncode == 0, outs[-1][-4000:]
+    assert "resumed from" in outs[1] and "epoch 1, step 0 of it, global step 12" in outs[1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["world_size"] == 2 and summary["global_batch"] == 16
+    assert summary["peak_lr"] == 0.32 * 16 / 256  # lr scales with the global batch
+    epochs = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m for m in epochs if m["kind"] == "epoch"]
+    assert [(m["val_count"], m["val_expected"]) for m in epochs] == [(50, 50), (50, 50)]
+    out = "".join(outs)
+    assert out.count("eval epoch 1: top-1") == 1  # rank 0 alone logs
+    assert "over 50 images (split has 50)" in out and "COUNT MISMATCH" not in out
+    assert "12 steps/epoch" in out  # 203 train images: 101 per rank -> 12 full batches of 8

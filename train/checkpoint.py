@@ -1,0 +1,143 @@
+"""Atomic checkpoints that load with `torch.load(weights_only=True)` only.
+
+A checkpoint is a dict of tensors and plain Python values (the config as a dict, RNG states as
+tensors and lists), so the restricted unpickler can read it and a file that would run code on
+load is refused. Files are `RUN_DIR/ckpt-e{epoch:04d}-s{step:08d}.pt`, written to a temporary
+file in the same folder, flushed, fsynced and renamed over the target, then the folder is
+fsynced: a crash leaves either the old file or the complete new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 1
+NAME = re.compile(r"^ckpt-e(\d{4,})-s(\d{8,})\.pt$")
+BEST = "best.pt"
+REQUIRED = ("format", "model", "optimizer", "epoch", "step_in_epoch", "global_step", "config", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, partial, not weights-only, or incomplete."""
+
+
+def checkpoint_name(epoch: int, global_step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{global_step:08d}.pt"
+
+
+def rng_state() -> dict:
+    """Torch CPU/CUDA, Python and NumPy RNG states as tensors and lists (weights_only-safe)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of rng_state (CUDA states only where this machine has the same GPU count)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save `obj` to `path` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict, run_dir: str | Path, keep_last: int, is_best: bool) -> Path:
+    """Write `state` (see REQUIRED) as the checkpoint for its (epoch, global_step); keep the
+    newest `keep_last` checkpoints; point best.pt at it when `is_best`. Returns its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / checkpoint_name(state["epoch"], state["global_step"])
+    atomic_save({"format": FORMAT, **state}, path)
+    if is_best:
+        # A hard link shares the bytes; replace it atomically like any other write.
+        tmp = run_dir / f".{BEST}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+            os.replace(tmp, run_dir / BEST)
+            _fsync_dir(run_dir)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            atomic_save({"format": FORMAT, **state}, run_dir / BEST)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint files in `run_dir`, oldest first by (epoch, global_step); best.pt excluded."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(NAME.match(p.name), p) for p in run_dir.iterdir()]
+    return [p for _, p in sorted(((int(m[1]), int(m[2])), p) for m, p in found if m)]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint to the CPU with weights_only=True; CheckpointError on anything wrong,
+    including a pickle that asks to import or call anything (it is never run)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # a truncated zip, a bad pickle, a forbidden global...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: unreadable or not weights-only ({first[:200]})") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise CheckpointError(f"{path}: not a firehose checkpoint (missing keys)")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state['format']}, expected {FORMAT}")
+    return state
+
+
+def find_resume(run_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint in `run_dir` that loads, as (path, state), or None.
+
+    Corrupt or partial files (never ours: we write atomically, so a torn copy or a bad disk) are
+    skipped with a warning on stderr and renamed to `*.pt.corrupt`, so later pruning and resumes
+    do not count them. Call from one process only (rank 0).
+    """
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            print(f"warning: skipping checkpoint: {e}", file=sys.stderr, flush=True)
+            path.rename(path.with_name(path.name + ".corrupt"))
+    return None

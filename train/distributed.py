@@ -1,0 +1,70 @@
+"""Process group set-up from torchrun's environment, and the few collectives the trainer uses.
+
+    torchrun --nproc_per_node 8 -m train --config configs/rn50_imagenet.yaml
+
+One process per GPU: device cuda:LOCAL_RANK, NCCL. Without a GPU, one process per CPU rank on
+gloo. Without torchrun (no WORLD_SIZE), a single process and no process group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> DistInfo:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun), pick the device, init the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=30), **kwargs)
+    return DistInfo(rank, world, local_rank, device)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum `t` over ranks in place (no-op for one process); returns `t`."""
+    if info.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if `flag` is True on any rank (one small all-reduce; syncs)."""
+    if info.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    return all_reduce_sum(t, info).item() > 0
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
