@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         out = tmp / f"out_{check}"
         shutil.rmtree(out, ignore_errors=True)
         subprocess.run([sys.executable, str(TOOL), "--src", str(args.src), "--out", str(out), "--splits", "train",
-                        "--check", check, "--workers", str(args.workers), "--samples-per-shard", "100"],
+                        "--check", check, "--workers", str(args.workers)],  # default 128 MB shards
                        check=True, capture_output=True)
 
     def tar():

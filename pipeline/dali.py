@@ -156,9 +156,11 @@ class DaliLoader(Loader):
     def _to_torch(self, images, cls, src) -> Batch:
         labels = parse_labels(cls.as_array(), self.num_classes, lambda i: _source(src, i))
         # Zero copy: the dynamic executor keeps this memory alive as long as the torch tensor lives.
-        x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)  # NHWC storage = channels_last
         if self.device.type == "cuda":
-            labels = labels.pin_memory().to(self.device, non_blocking=True)
+            with torch.cuda.device(self.device):  # DLPack makes torch's current stream wait for DALI's
+                x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)
+            return x, labels.pin_memory().to(self.device, non_blocking=True)
+        x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)  # NHWC storage = channels_last
         return x, labels
 
 

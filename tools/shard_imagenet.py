@@ -9,7 +9,8 @@
 SRC is the ImageNet folder layout (train/<wnid>/*.JPEG, val/ as class folders or flat) or a folder
 holding the original archives (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar), read in place.
 Re-running the same command after a kill skips finished shards; the output is byte-identical to
-an uninterrupted run. Exit codes: 0 done, 1 --verify found problems, 2 bad input.
+an uninterrupted run. Exit codes: 0 done, 1 --verify found problems, 2 bad input or an output
+that cannot be written (disk full, read-only; one line naming the path, no partial shard left).
 """
 
 from __future__ import annotations
@@ -114,12 +115,17 @@ def prepare_out(out: Path, fp: dict) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` via a fsynced temporary file; OSError naming `path` on failure."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _work(job):
@@ -228,6 +234,9 @@ def main(argv=None) -> int:
             return 1 if problems else 0
     except (UsageError, SourceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, read-only output: finished shards stay, a re-run continues
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

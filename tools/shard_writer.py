@@ -1,11 +1,14 @@
 """Writing one shard: image hygiene, the tar, and its DALI index in the same pass.
 
 A shard is the unit of work and of resume: written under a temporary name, fsynced, then renamed
-(index first, tar last), so a final `.tar` name always means a complete shard with its index.
+(index first, tar last), so a final `.tar` name always means a complete shard with its index. A
+failed write (disk full, read-only output) deletes the temporary files and raises OSError with the
+shard's path as `filename`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -108,26 +111,32 @@ def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOption
     Returns the shard's manifest record: file, count, bytes, sha256, skipped and re-encoded files.
     """
     tmp = f"{tar_path}.tmp{os.getpid()}"
-    skipped, reencoded = [], []
-    with open(tmp, "wb") as f:
-        w = TarIndexWriter(f)
-        for s in samples:
-            try:
-                jpg, width, height, note = prepare_image(s.read(), opt)
-            except BadImage as e:
-                skipped.append({"file": s.name, "reason": str(e)})
-                continue
-            if note:
-                reencoded.append({"file": s.name, "reason": note})
-            meta = {"wnid": s.wnid, "filename": s.name, "width": width, "height": height}
-            w.add_sample(s.key, [("jpg", jpg), ("cls", str(labels[s.wnid]).encode()),
-                                 ("json", json.dumps(meta, sort_keys=True).encode())])
-        w.close()
-        f.flush()
-        os.fsync(f.fileno())
     idx, idx_tmp = str(idx_path(tar_path)), f"{idx_path(tar_path)}.tmp{os.getpid()}"
-    _fsync_write(idx_tmp, format_idx(w.samples).encode())
-    os.replace(idx_tmp, idx)
-    os.replace(tmp, tar_path)  # the commit point: a final .tar name means a complete shard
+    skipped, reencoded = [], []
+    try:
+        with open(tmp, "wb") as f:
+            w = TarIndexWriter(f)
+            for s in samples:
+                try:
+                    jpg, width, height, note = prepare_image(s.read(), opt)
+                except BadImage as e:
+                    skipped.append({"file": s.name, "reason": str(e)})
+                    continue
+                if note:
+                    reencoded.append({"file": s.name, "reason": note})
+                meta = {"wnid": s.wnid, "filename": s.name, "width": width, "height": height}
+                w.add_sample(s.key, [("jpg", jpg), ("cls", str(labels[s.wnid]).encode()),
+                                     ("json", json.dumps(meta, sort_keys=True).encode())])
+            w.close()
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_write(idx_tmp, format_idx(w.samples).encode())
+        os.replace(idx_tmp, idx)
+        os.replace(tmp, tar_path)  # the commit point: a final .tar name means a complete shard
+    except OSError as e:  # ENOSPC, EROFS...: no partial file under any name; name the shard
+        for p in (tmp, idx_tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        raise OSError(e.errno, e.strerror, tar_path if e.filename in (None, tmp, idx_tmp) else e.filename) from None
     return {"file": os.path.basename(tar_path), "count": len(w.samples), "bytes": w.pos,
             "sha256": w.sha.hexdigest(), "skipped": skipped, "reencoded": reencoded}

@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain Python values (the config as a dict,
 tensors and lists), so the restricted unpickler can read it and a file that would run code on
 load is refused. Files are `RUN_DIR/ckpt-e{epoch:04d}-s{step:08d}.pt`, written to a temporary
 file in the same folder, flushed, fsynced and renamed over the target, then the folder is
-fsynced: a crash leaves either the old file or the complete new one, never a partial one.
+fsynced: a crash leaves either the old file or the complete new one, never a partial one. A
+failed write (disk full, read-only folder) removes its temporary file and raises CheckpointError.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import torch
 FORMAT = 1
 NAME = re.compile(r"^ckpt-e(\d{4,})-s(\d{8,})\.pt$")
 BEST = "best.pt"
+TMP = ".tmp-"  # `.{name}.tmp-{pid}`: a write in progress, or a killed writer's leftover
 REQUIRED = ("format", "model", "optimizer", "epoch", "step_in_epoch", "global_step", "config", "rng")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, partial, not weights-only, or incomplete."""
+    """A checkpoint that cannot be used (unreadable, partial, not weights-only, incomplete) or
+    cannot be written (disk full, read-only folder). The message names the file."""
 
 
 def checkpoint_name(epoch: int, global_step: int) -> str:
@@ -64,18 +67,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save `obj` to `path` atomically (temp file in the same folder + fsync + rename)."""
+    """torch.save `obj` to `path` atomically (temp file in the same folder + fsync + rename).
+    CheckpointError naming `path` when it cannot be written; no temporary file is left."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:  # ENOSPC, EROFS, EIO...
+        raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(state: dict, run_dir: str | Path, keep_last: int, is_best: bool) -> Path:
@@ -87,7 +93,7 @@ def save_checkpoint(state: dict, run_dir: str | Path, keep_last: int, is_best: b
     atomic_save({"format": FORMAT, **state}, path)
     if is_best:
         # A hard link shares the bytes; replace it atomically like any other write.
-        tmp = run_dir / f".{BEST}.tmp-{os.getpid()}"
+        tmp = run_dir / f".{BEST}{TMP}{os.getpid()}"
         tmp.unlink(missing_ok=True)
         try:
             os.link(path, tmp)
@@ -110,6 +116,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(((int(m[1]), int(m[2])), p) for m, p in found if m)]
 
 
+def first_line(e: Exception) -> str:
+    """The first line of an error (torch.load's weights_only errors run to a dozen), <= 200 chars."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint to the CPU with weights_only=True; CheckpointError on anything wrong,
     including a pickle that asks to import or call anything (it is never run)."""
@@ -118,8 +129,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # a truncated zip, a bad pickle, a forbidden global...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: unreadable or not weights-only ({first[:200]})") from None
+        raise CheckpointError(f"{path}: unreadable or not weights-only ({first_line(e)})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path}: not a firehose checkpoint (missing keys)")
     if state["format"] != FORMAT:
@@ -132,8 +142,12 @@ def find_resume(run_dir: str | Path) -> tuple[Path, dict] | None:
 
     Corrupt or partial files (never ours: we write atomically, so a torn copy or a bad disk) are
     skipped with a warning on stderr and renamed to `*.pt.corrupt`, so later pruning and resumes
-    do not count them. Call from one process only (rank 0).
+    do not count them. Temporary files of a killed write are deleted (they are never read). Call
+    from one process only (rank 0), before this run writes any checkpoint.
     """
+    for tmp in Path(run_dir).glob(f".*.pt{TMP}*"):
+        print(f"warning: removing {tmp} (left by a checkpoint write that was killed)", file=sys.stderr, flush=True)
+        tmp.unlink(missing_ok=True)
     for path in reversed(list_checkpoints(run_dir)):
         try:
             return path, load_checkpoint(path)

@@ -9,6 +9,7 @@ gloo. Without torchrun (no WORLD_SIZE), a single process and no process group.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -41,8 +42,27 @@ def setup() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=30), **kwargs)
+        timeout = timedelta(minutes=30)
+        dist.init_process_group(backend, store=_restart_safe_store(world, timeout), rank=rank, world_size=world,
+                                timeout=timeout, **kwargs)
     return DistInfo(rank, world, local_rank, device)
+
+
+def _restart_safe_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """torchrun's agent keeps one TCPStore across `--max-restarts` restarts, so a restarted group
+    can read the dead group's connection keys and hang in init (pytorch/pytorch#135712). On one
+    node all workers share one restart count: give each attempt its own key prefix. Elsewhere
+    None: the default env:// store (multi-node restarts need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if env.get("GROUP_WORLD_SIZE") != "1":
+        if env.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0" and env.get("RANK") == "0":
+            print("warning: torchrun --max-restarts on several nodes can hang on restart; launch with "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (pytorch/pytorch#135712)", file=sys.stderr, flush=True)
+        return None
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"firehose/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,10 +107,11 @@ def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, glo
 
 
 def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, global_step: int,
-                log_every: int, info: DistInfo, log: MetricsLog, stop: StopFlag, profiler: Profiler
-                ) -> EpochResult:
+                log_every: int, info: DistInfo, log: MetricsLog, stop: StopFlag, profiler: Profiler,
+                fault: Callable[[int, int], None] | None = None) -> EpochResult:
     """Run steps start_step..len(loader)-1 of `epoch` (skipping the first start_step batches, as
-    after a mid-epoch resume). Returns the epoch's numbers; see EpochResult."""
+    after a mid-epoch resume). `fault(epoch, step)`, if given, runs before each step (tests only:
+    train/fault.py). Returns the epoch's numbers; see EpochResult."""
     n, dev, world = len(loader), info.device, info.world
     global_batch = loader.batch_size * world
     parts.model.train()
@@ -126,6 +128,8 @@ def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, g
     steps_interval, timed_from, t_timed = 0, min(start_step + WARMUP_STEPS, n - 1), t_epoch
     stopped, step = False, start_step
     for step in range(start_step, n):
+        if fault is not None:
+            fault(epoch, step)
         if step == timed_from:
             _sync(dev)  # once per epoch: start the timed region after warm-up
             t_timed, wait_timed = time.perf_counter(), 0.0

@@ -1,7 +1,9 @@
 """`python -m train --config X.yaml [key=value ...]`: build everything, run the epochs, record.
 
 Exit codes: 0 done (or stopped cleanly by SIGTERM/SIGINT/stop_after_epoch, with a checkpoint),
-2 bad config or unusable checkpoint/weights (one line on stderr, before any training).
+2 bad config, data that does not fit it, unusable checkpoint/weights (one line on stderr, before
+any training), or a bad shard met while training or a checkpoint that cannot be written (one line
+on stderr naming the file).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from model import build_model, flops_per_image, freeze_stages, load_torchvision_
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError
 from train import checkpoint as ckpt
-from train import distributed
+from train import distributed, fault
 from train.amp import Precision
 from train.config import Config, ConfigError, load_config, to_dict, to_yaml
 from train.distributed import DistInfo
@@ -77,7 +79,8 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ckpt.CheckpointError(f"{path}: cannot load weights with weights_only=True ({e})") from None
+        raise ckpt.CheckpointError(f"{path}: cannot load weights with weights_only=True "
+                                   f"({ckpt.first_line(e)})") from None
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         return load_torchvision_state_dict(net, state)
@@ -142,6 +145,19 @@ def run(cfg: Config, info: DistInfo) -> int:
     t_start = time.perf_counter()
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
+    # Data first: a batch or rank count that does not fit the shards stops before any output.
+    n_cls = cfg.model.num_classes
+    try:
+        train_loader = build_loader(cfg.data, "train", info.rank, info.world, dev, n_cls)
+        val_loader = build_loader(cfg.data, "val", info.rank, info.world, dev, n_cls)
+    except ShardError:
+        raise
+    except ValueError as e:  # pipeline.loader: no full batch per rank, more ranks than samples
+        raise ConfigError(f"config: {e}") from None
+    classes = train_loader.split.classes
+    if classes and len(classes) != n_cls:
+        raise ConfigError(f"config: 'model.num_classes' is {n_cls} but {cfg.data.path} has {len(classes)}")
+
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -150,13 +166,6 @@ def run(cfg: Config, info: DistInfo) -> int:
     log.line("provenance: " + " ".join(f"{k}={v}" for k, v in prov.items()))
     log.line("config:\n" + to_yaml(cfg).rstrip())
     log.record("provenance", 0, {**prov, "config": to_dict(cfg)})
-
-    n_cls = cfg.model.num_classes
-    train_loader = build_loader(cfg.data, "train", info.rank, info.world, dev, n_cls)
-    val_loader = build_loader(cfg.data, "val", info.rank, info.world, dev, n_cls)
-    classes = train_loader.split.classes
-    if classes and len(classes) != n_cls:
-        raise ConfigError(f"config: 'model.num_classes' is {n_cls} but {cfg.data.path} has {len(classes)}")
 
     start = find_start(cfg, info)
     net = build_model(cfg.model)
@@ -204,10 +213,11 @@ def run(cfg: Config, info: DistInfo) -> int:
 
     stop = StopFlag().install()
     profiler = Profiler(cfg.profile, run_dir, dev, info.rank)
+    kill = fault.kill_hook(run_dir, info.rank, info.world)  # None unless a test sets it
     while p.epoch < min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs):
         train_loader.set_image_size(image_size_at(p.epoch, cfg.train.resize, cfg.data.image_size))
         r = train_epoch(parts, train_loader, p.epoch, p.step_in_epoch, p.global_step, cfg.train.log_every,
-                        info, log, stop, profiler)
+                        info, log, stop, profiler, kill)
         done = p.step_in_epoch + r.steps_done == steps
         record = {"epoch": p.epoch, "loss": r.loss, "img_per_s": r.img_per_s, "partial": not done,
                   "data_wait_fraction": r.data_wait_fraction, "train_s": r.train_s,
@@ -257,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     info = distributed.setup()
     try:
         return run(cfg, info)
-    except (ConfigError, ckpt.CheckpointError, ShardError, FileNotFoundError) as e:
-        print(f"error: {e}" if not isinstance(e, ConfigError) else e, file=sys.stderr)
+    except (ConfigError, ckpt.CheckpointError, ShardError, OSError) as e:
+        if isinstance(e, ConfigError):
+            msg = str(e)  # already starts with "config:"
+        elif isinstance(e, OSError) and e.filename:  # disk full, read-only run_dir: name the file
+            msg = f"error: {e.filename}: {e.strerror}"
+        else:
+            msg = f"error: {e}"
+        print(msg, file=sys.stderr)
         return 2
     finally:
         distributed.cleanup()
