@@ -43,3 +43,12 @@ def mfu(flops_per_img: float, img_per_s: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: training FLOPs (3x forward: forward + two backward matmuls) per
     image x images/s over the device's peak FLOP/s."""
     return 3 * flops_per_img * img_per_s / peak_flops if peak_flops else 0.0
+
+
+def loop_verdict(data_wait_fraction: float) -> str:
+    """The trainer's own verdict from its share of loop time blocked on data, in the suite's words
+    (the trainer cannot time the stages apart: the suite names which one)."""
+    if data_wait_fraction <= 1 - EFFICIENT:
+        return "compute-bound"
+    return (f"input-bound ({data_wait_fraction:.0%} of the loop waiting for data; "
+            "`python -m benchmarks` names the stage)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import pipeline_bench, shard_bench, suite
-from benchmarks.verdict import mfu, verdict
+from benchmarks.verdict import loop_verdict, mfu, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--batch-size", "8", "--image-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "2",
@@ -32,6 +32,14 @@ def test_verdict_other_stages():
     assert verdict(1000, {"read": 9e4, "decode": 3000, "train": 600}, 590)["bound"] == "input-bound: augment"
     v = verdict(1000, {"read": 9e4, "decode": 3000, "train": 2000}, 700)  # each stage fast alone
     assert v["bound"] == "input-bound: host-to-device" and v["shortfall"] == pytest.approx(1000 / 700)
+
+
+def test_trainer_verdict_and_wait_histogram():
+    from train.log import wait_histogram
+
+    assert loop_verdict(0.01) == "compute-bound" and loop_verdict(0.3).startswith("input-bound (30%")
+    h = wait_histogram([{"data_wait_hist": [1, 2, 0, 0, 0, 3]}, {"data_wait_hist": [0, 1, 0, 0, 0, 0]}])
+    assert h == {"<0.1": 1, "0.1-1": 3, "1-5": 0, "5-20": 0, "20-100": 0, ">=100": 3}
 
 
 def test_mfu():

@@ -73,6 +73,9 @@ def test_run_records(reference):
     assert 0 <= summary["final_top1"] <= 100
     assert len(summary["img_per_s_per_epoch"]) == 3 and summary["mean_img_per_s"] > 0
     assert 0 <= summary["data_wait_fraction"] < 1
+    assert summary["bottleneck"].startswith(("compute-bound", "input-bound"))
+    last = ckpt.NAME.match(ckpt.list_checkpoints(run_dir)[-1].name)
+    assert sum(summary["data_wait_hist"].values()) == int(last[2])  # one count per step of every epoch
     assert summary["peak_lr"] == pytest.approx(2.0 * 8 / 256)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["optim"]["base_lr"] == 2.0 and saved["run_dir"] == str(run_dir)

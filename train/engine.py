@@ -9,6 +9,7 @@ interval's wall time is compute (exact at log points, because the log syncs).
 
 from __future__ import annotations
 
+import bisect
 import signal
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from pipeline.loader import Loader
 from train.amp import Precision
 from train.distributed import DistInfo, all_reduce_sum
-from train.log import MetricsLog, format_step, peak_memory_mb
+from train.log import WAIT_EDGES_MS, MetricsLog, format_step, peak_memory_mb
 from train.optim import EMA, OptimConfig, lr_at, mix_batch
 from train.profile import Profiler
 
@@ -72,6 +73,7 @@ class EpochResult:
     img_per_s: float  # global, over the timed region
     data_wait_fraction: float  # of the timed region's wall time, mean over ranks
     train_s: float  # wall time of the whole epoch on this rank
+    wait_hist: list[int]  # this rank's steps per data-wait bucket (WAIT_EDGES_MS)
 
 
 def _sync(device: torch.device) -> None:
@@ -125,6 +127,7 @@ def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, g
     loss_interval = torch.zeros((), device=dev)  # device-side running sums: no sync per step
     loss_epoch = torch.zeros((), device=dev)
     wait_interval = wait_timed = 0.0
+    wait_hist = [0] * (len(WAIT_EDGES_MS) + 1)
     steps_interval, timed_from, t_timed = 0, min(start_step + WARMUP_STEPS, n - 1), t_epoch
     stopped, step = False, start_step
     for step in range(start_step, n):
@@ -139,6 +142,7 @@ def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, g
         wait = time.perf_counter() - t0
         wait_interval += wait
         wait_timed += wait
+        wait_hist[bisect.bisect_right(WAIT_EDGES_MS, 1000 * wait)] += 1
 
         loss, lr = train_step(parts, images, labels, global_step, profiler)
         loss_interval += loss
@@ -191,4 +195,5 @@ def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, g
         img_per_s=global_batch * timed_steps / timed_s,
         data_wait_fraction=min(1.0, wait_sum / world / timed_s),
         train_s=t_end - t_epoch,
+        wait_hist=wait_hist,
     )

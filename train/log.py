@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.verdict import loop_verdict
+
+WAIT_EDGES_MS = (0.1, 1.0, 5.0, 20.0, 100.0)  # data-wait histogram buckets: <0.1 ms, ..., >=100 ms
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -112,10 +116,20 @@ def format_eval(epoch: int, m: dict) -> str:
             f"images (split has {m['expected']})" + ("" if m["count"] == m["expected"] else "  COUNT MISMATCH"))
 
 
+def wait_histogram(history: list[dict]) -> dict[str, int]:
+    """Rank 0's steps per data-wait bucket over all epochs, labelled in ms ("<0.1", "0.1-1", ..., ">=100")."""
+    edges = [f"{e:g}" for e in WAIT_EDGES_MS]
+    labels = [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"]
+    counts = [sum(c) for c in zip(*(h["data_wait_hist"] for h in history if "data_wait_hist" in h))]
+    return dict(zip(labels, counts or [0] * len(labels)))
+
+
 def summarize(history: list[dict], best: list, epochs_done: int, epochs_planned: int) -> dict:
     """The run's numbers from its per-epoch records (including epochs run before a resume)."""
     evaluated = [h for h in history if "top1" in h]
     train_s = [h["train_s"] for h in history]
+    # Weighted by epoch time: the share of all train-loop time spent blocked on data.
+    data_wait = sum(h["data_wait_fraction"] * t for h, t in zip(history, train_s)) / max(sum(train_s), 1e-9)
     return {
         "epochs": epochs_done, "epochs_planned": epochs_planned, "finished": epochs_done >= epochs_planned,
         "final_top1": evaluated[-1]["top1"] if evaluated else float("nan"),
@@ -123,10 +137,10 @@ def summarize(history: list[dict], best: list, epochs_done: int, epochs_planned:
         "best_top1": best[0], "best_top5": best[1], "best_epoch": best[2],  # EMA's when EMA is on
         "img_per_s_per_epoch": [h["img_per_s"] for h in history],
         "mean_img_per_s": sum(h["img_per_s"] for h in history) / max(len(history), 1),
-        # Weighted by epoch time: the share of all train-loop time spent blocked on data.
-        "data_wait_fraction": sum(h["data_wait_fraction"] * t for h, t in zip(history, train_s))
-        / max(sum(train_s), 1e-9),
+        "data_wait_fraction": data_wait,
         "train_s": sum(train_s), "eval_s": sum(h.get("eval_s", 0.0) for h in history),
+        "data_wait_hist": wait_histogram(history),
+        "bottleneck": loop_verdict(data_wait),
     }
 
 
@@ -141,7 +155,8 @@ def write_summary(run_dir: Path, summary: dict) -> str:
         f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']})",
         f"  throughput {summary['mean_img_per_s']:.0f} img/s global (mean over epochs, warm-up steps excluded)",
         f"  time in the train loop: {100 * summary['data_wait_fraction']:.1f}% waiting for data, "
-        f"{100 * (1 - summary['data_wait_fraction']):.1f}% compute",
+        f"{100 * (1 - summary['data_wait_fraction']):.1f}% compute: {loop_verdict(summary['data_wait_fraction'])}",
+        "  data wait per step (ms: steps): " + ", ".join(f"{k}: {v}" for k, v in summary["data_wait_hist"].items()),
     ]
     return "\n".join(lines)
 

@@ -220,7 +220,7 @@ def run(cfg: Config, info: DistInfo) -> int:
                         info, log, stop, profiler, kill)
         done = p.step_in_epoch + r.steps_done == steps
         record = {"epoch": p.epoch, "loss": r.loss, "img_per_s": r.img_per_s, "partial": not done,
-                  "data_wait_fraction": r.data_wait_fraction, "train_s": r.train_s,
+                  "data_wait_fraction": r.data_wait_fraction, "train_s": r.train_s, "data_wait_hist": r.wait_hist,
                   "image_size": train_loader.image_size}
         log.line(f"epoch {p.epoch} trained in {r.train_s:.1f} s: loss {r.loss:.4f}, {r.img_per_s:.0f} img/s "
                  f"global, {100 * r.data_wait_fraction:.1f}% of the time waiting for data")
