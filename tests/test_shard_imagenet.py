@@ -11,6 +11,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
 import webdataset as wds
 from PIL import Image
 
@@ -218,3 +219,33 @@ def test_bad_input_exits_2(synthetic, shards, tmp_path, capsys):
     _expect_usage_error(capsys, ["--src", str(synthetic.root), "--out", str(shards), "--seed", "7"],
                         str(shards))
     assert not out.exists()  # nothing half-written
+
+
+def test_val_labels_from_the_devkit(synthetic, shards, tmp_path):
+    """ILSVRC2012_devkit_t12.tar.gz: meta.mat (ILSVRC2012_ID -> WNID; non-leaf synsets ignored) and
+    the ground-truth IDs, one per val image in order; gives the same shards as the CSV."""
+    sio = pytest.importorskip("scipy.io")
+    import numpy as np
+
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    ids = {w: i + 1 for i, w in enumerate(reversed(synthetic.wnids))}  # IDs in another order than wnids
+    rows = [(i, w, w, "", 0, np.zeros(0), 0, 20) for w, i in ids.items()]
+    rows.append((1001, "n00000001", "a parent", "", 2, np.array([1, 2]), 1, 0))
+    synsets = np.array(rows, dtype=[(f, object) for f in fields])
+    buf = io.BytesIO()
+    sio.savemat(buf, {"synsets": synsets})
+    truth = "".join(f"{ids[w]}\n" for w in synthetic.val_wnids).encode()
+    devkit = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(devkit, "w:gz") as t:
+        for name, data in (("ILSVRC2012_devkit_t12/data/meta.mat", buf.getvalue()),
+                           ("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    out = tmp_path / "devkit"
+    assert shard_imagenet.main(["--src", str(synthetic.root), "--out", str(out), "--val-labels", str(devkit),
+                                "--samples-per-shard", "40", "--workers", "2"]) == 0
+    a, b = digests(shards), digests(out)
+    a.pop("_info.json"), b.pop("_info.json")
+    assert a == b
