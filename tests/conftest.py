@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic ImageNet and its shards, made once per test session."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))  # the scripts' modules (tools/ is not a package)
+# For subprocesses: the project first, then whatever the caller had (the GPU machine's .devsite/).
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 import make_synthetic_imagenet  # noqa: E402
 import shard_imagenet  # noqa: E402

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PYTHONPATH
 from test_pipeline import BAD, GOOD, make_shard
 from test_train_checkpoint import Evil, make_state
 
@@ -37,7 +38,7 @@ import shard_imagenet
 from shard_writer import TarIndexWriter
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 ENV.pop(fault.ENV, None)
 TINY = ["data.loader=dali", "data.num_threads=1", "data.batch_size=8", "data.image_size=32", "data.val_image_size=32",
         "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "train.epochs=2",

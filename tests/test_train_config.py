@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PYTHONPATH
 
 from train.config import Config, ConfigError, from_dict, load_config, to_dict
 
@@ -75,7 +76,7 @@ def test_python_tags_are_refused(tmp_path):
 
 
 def run_cli(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 

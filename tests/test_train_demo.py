@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PYTHONPATH
 
 import make_synthetic_imagenet
 import shard_imagenet
@@ -22,7 +23,7 @@ def test_demo_recipe_learns(tmp_path):
         workers=2)
     shards = tmp_path / "shards"
     assert shard_imagenet.main(["--src", str(raw.root), "--out", str(shards), "--samples-per-shard", "256"]) == 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     r = subprocess.run([sys.executable, "-m", "train", "--config", str(ROOT / "configs/demo.yaml"),
                         f"data.path={shards}", f"run_dir={tmp_path / 'run'}"],
                        env=env, capture_output=True, text=True, timeout=900)

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import PYTHONPATH
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_torchrun_two_processes_count_each_val_image_once(shards, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train",
             "data.loader=dali", f"data.path={shards}", "data.batch_size=8", "data.num_threads=1",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PYTHONPATH
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("extra", [["train.amp=bf16"], ["train.amp=fp16"], ["train.compile=true"]],
                          ids=["bf16", "fp16", "compile"])
 def test_gpu_run(shards, tmp_path, extra):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     r = subprocess.run(
         [sys.executable, "-m", "train", "data.loader=dali", f"data.path={shards}", "data.batch_size=16",
          "data.image_size=64", "data.val_image_size=64", "model.name=resnet50", "model.num_classes=10",

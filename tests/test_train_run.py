@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PYTHONPATH
 
 from model import ModelConfig, build_model
 from train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
 TINY = ["data.loader=dali", "data.num_threads=2", "data.batch_size=8", "data.image_size=32", "data.val_image_size=32",
         "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "train.epochs=3",
         "optim.warmup_epochs=0.5", "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9",
