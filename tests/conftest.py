@@ -16,6 +16,18 @@ import make_synthetic_imagenet  # noqa: E402
 import shard_imagenet  # noqa: E402
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two checkpoints at the same step with the same model and EMA weights (max abs diff <= 1e-6)."""
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            if v.is_floating_point():
+                diff = (v - b[part][k]).abs().max().item()
+                assert diff <= 1e-6, f"{part}.{k} differs by {diff}"
+            else:
+                assert torch.equal(v, b[part][k]), f"{part}.{k}"
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

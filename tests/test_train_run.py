@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PYTHONPATH
+from conftest import PYTHONPATH, assert_same_weights
 
 from model import ModelConfig, build_model
 from train import checkpoint as ckpt
@@ -49,15 +49,6 @@ def final_state(run_dir) -> dict:
     return ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
 
 
-def assert_same_weights(a: dict, b: dict):
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    for part in ("model", "ema"):
-        for k, v in a[part].items():
-            if v.is_floating_point():
-                diff = (v - b[part][k]).abs().max().item()
-                assert diff <= 1e-6, f"{part}.{k} differs by {diff}"
-            else:
-                assert torch.equal(v, b[part][k]), f"{part}.{k}"
 
 
 @pytest.fixture(scope="module")
