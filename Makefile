@@ -25,6 +25,7 @@ $(DEMO)/shards/_info.json: $(DEMO)/raw/.done
 	$(PY) tools/shard_imagenet.py --src $(DEMO)/raw --out $(DEMO)/shards --samples-per-shard 256
 
 demo: $(DEMO)/shards/_info.json
+	rm -rf runs/demo  # a fresh run each time (resume: auto would find the last one finished)
 	$(PY) -m train --config configs/demo.yaml data.path=$(DEMO)/shards run_dir=runs/demo
 
 test: setup
