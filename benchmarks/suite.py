@@ -30,6 +30,7 @@ from train.amp import Precision
 from train.config import OptimConfig
 from train.engine import StepParts, train_step
 from train.optim import build_optimizer
+from train.profile import Profiler
 
 # Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets; CPUs are measured instead.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -76,11 +77,11 @@ def step_parts(args, device: torch.device, num_classes: int) -> StepParts:
 
 def train_rate(parts: StepParts, batches, args, device: torch.device) -> dict:
     """Timed training steps over `batches`: img/s median of repeats, after warm-up."""
-    step = [0]
+    step, off = [0], Profiler(False, "", device, 0)
 
     def stepped():
         for images, labels in batches:
-            train_step(parts, images, labels, step[0])
+            train_step(parts, images, labels, step[0], off)
             step[0] += 1
             yield labels
 

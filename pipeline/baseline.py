@@ -102,8 +102,7 @@ class ShardStream(IterableDataset):
         while True:
             stream = self._samples(files)
             if self.stage == "train":
-                stream = wds.filters._shuffle(stream, bufsize=self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer,
-                                             rng=rng)
+                stream = wds.filters.shuffle(self.cfg.shuffle_buffer, self.cfg.shuffle_buffer, rng=rng)(stream)
             for sample in stream:
                 x, cls = transform(sample, self.stage, self.size, rng, self.cfg)
                 where = f"{sample['__url__']}: sample {sample['__key__']}"
@@ -160,9 +159,9 @@ class BaselineLoader(Loader):
             yield self.normalize(images), labels.to(self.device, non_blocking=True)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> normalized fp16, NCHW shape in channels-last memory (one fused pass)."""
+        """uint8 NHWC -> normalized fp16, NCHW shape in channels-last memory (no transpose)."""
         x = images.to(self.device, non_blocking=True)
-        x = torch.addcmul(self.shift, x, self.scale).half()  # (x - mean) / std
+        x = torch.addcmul(self.shift, x, self.scale).half()  # (x - mean) / std in fp32, then fp16
         if self.cfg.pad_channels:
             x = torch.nn.functional.pad(x, (0, 1))
         return x.permute(0, 3, 1, 2)

@@ -9,6 +9,7 @@ given to PyTorch as is (DLPack, no copy, no transpose).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,8 @@ def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards:
     gpu_hints = {} if device_id is None else dict(
         hw_decoder_load=cfg.hw_decoder_load, device_memory_padding=DEVICE_MEMORY_PADDING,
         host_memory_padding=HOST_MEMORY_PADDING)
+    crop_hints = dict(gpu_hints, preallocate_width_hint=PREALLOCATE_WIDTH,
+                      preallocate_height_hint=PREALLOCATE_HEIGHT) if gpu_hints else {}
 
     @pipeline_def(enable_conditionals=cfg.auto_augment != "none" and stage == "train")
     def pipe():
@@ -88,11 +91,9 @@ def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards:
             images = fn.decoders.image(jpg, device=decoder, output_type=types.RGB, **gpu_hints)
             images = fn.resize(images, resize_shorter=size / cfg.val_crop_ratio, antialias=True)
             return _normalize(images, size, False, cfg), cls, src
-        if device_id is not None:
-            gpu_hints.update(preallocate_width_hint=PREALLOCATE_WIDTH, preallocate_height_hint=PREALLOCATE_HEIGHT)
         images = fn.decoders.image_random_crop(
             jpg, device=decoder, output_type=types.RGB, random_area=[cfg.min_area, 1.0],
-            random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10, **gpu_hints)
+            random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10, **crop_hints)
         images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
         images = _augment(images, cfg, size)
         return _normalize(images, None, fn.random.coin_flip(probability=0.5), cfg), cls, src
@@ -155,13 +156,12 @@ class DaliLoader(Loader):
 
     def _to_torch(self, images, cls, src) -> Batch:
         labels = parse_labels(cls.as_array(), self.num_classes, lambda i: _source(src, i))
-        # Zero copy: the dynamic executor keeps this memory alive as long as the torch tensor lives.
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):  # DLPack makes torch's current stream wait for DALI's
-                x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)
-            return x, labels.pin_memory().to(self.device, non_blocking=True)
-        x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)  # NHWC storage = channels_last
-        return x, labels
+        cuda = self.device.type == "cuda"
+        # Zero copy: the dynamic executor keeps this memory alive as long as the torch tensor lives;
+        # on a GPU, DLPack makes torch's current stream wait for DALI's. NHWC storage = channels_last.
+        with torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
+            x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)
+        return x, labels.pin_memory().to(self.device, non_blocking=True) if cuda else labels
 
 
 def _source(src, i: int) -> str:

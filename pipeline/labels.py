@@ -13,7 +13,8 @@ _END = (0, 9, 10, 13, 32)  # zero padding and trailing whitespace
 
 
 def parse_labels(raw: np.ndarray, num_classes: int, where: Callable[[int], str]) -> torch.Tensor:
-    """(N, L) uint8 ASCII digits, zero-padded -> int64 tensor of N labels (vectorized, ~10 us).
+    """(N, L) uint8 ASCII digits, zero-padded -> int64 tensor of N labels (vectorized: ~56 us for 256
+    labels on this 2-core CPU, measured with timeit).
 
     Raises ShardError naming `where(i)` (shard and sample key) for the first sample whose cls is
     not a non-negative integer or is >= num_classes.

@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 from pipeline.shards import INFO_NAME, SPLIT_ALIASES  # noqa: E402
 
 from imagenet_sources import SourceError, list_split  # noqa: E402
-from shard_writer import ImageOptions, write_shard  # noqa: E402
+from shard_writer import ImageOptions, atomic_write, write_shard  # noqa: E402
 
 VERSION = "1.0"
 PREFIX = "imagenet1k"
@@ -111,28 +111,14 @@ def prepare_out(out: Path, fp: dict) -> None:
     state.mkdir(parents=True, exist_ok=True)
     for f in list(out.glob("*.tmp*")) + list(state.glob("*.tmp*")):
         f.unlink()
-    atomic_write(state / "args.json", json.dumps(fp, sort_keys=True))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a fsynced temporary file; OSError naming `path` on failure."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
+    atomic_write(state / "args.json", json.dumps(fp, sort_keys=True).encode())
 
 
 def _work(job):
     """Pool worker: write one shard, then its record (a shard counts as done once both exist)."""
     tar_path, samples, labels, opt, record_path = job
     rec = write_shard(tar_path, samples, labels, opt)
-    atomic_write(Path(record_path), json.dumps(rec, sort_keys=True))
+    atomic_write(record_path, json.dumps(rec, sort_keys=True).encode())
     return rec
 
 
@@ -198,7 +184,7 @@ def run(args) -> dict:
             entry = shard_split(split, samples, classes, args, pool)
             entry["skipped"] = problems + entry["skipped"]
             info["splits"][split] = entry
-    atomic_write(args.out / INFO_NAME, json.dumps(info, indent=1, sort_keys=True) + "\n")
+    atomic_write(args.out / INFO_NAME, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     shutil.rmtree(args.out / STATE)
     return info
 

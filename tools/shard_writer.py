@@ -98,11 +98,20 @@ class TarIndexWriter:
         self._write(b"\0" * (2 * TAR_BLOCK + (-end % RECORD)))
 
 
-def _fsync_write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def atomic_write(path, data: bytes) -> None:
+    """Write `data` to `path` via a fsynced temporary file and a rename. On failure no temporary
+    file is left and the OSError names `path`."""
+    path, tmp = str(path), f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOptions) -> dict:
@@ -111,7 +120,7 @@ def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOption
     Returns the shard's manifest record: file, count, bytes, sha256, skipped and re-encoded files.
     """
     tmp = f"{tar_path}.tmp{os.getpid()}"
-    idx, idx_tmp = str(idx_path(tar_path)), f"{idx_path(tar_path)}.tmp{os.getpid()}"
+    idx = str(idx_path(tar_path))
     skipped, reencoded = [], []
     try:
         with open(tmp, "wb") as f:
@@ -130,13 +139,11 @@ def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOption
             w.close()
             f.flush()
             os.fsync(f.fileno())
-        _fsync_write(idx_tmp, format_idx(w.samples).encode())
-        os.replace(idx_tmp, idx)
+        atomic_write(idx, format_idx(w.samples).encode())
         os.replace(tmp, tar_path)  # the commit point: a final .tar name means a complete shard
     except OSError as e:  # ENOSPC, EROFS...: no partial file under any name; name the shard
-        for p in (tmp, idx_tmp):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-        raise OSError(e.errno, e.strerror, tar_path if e.filename in (None, tmp, idx_tmp) else e.filename) from None
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, tar_path if e.filename in (None, tmp, idx) else e.filename) from None
     return {"file": os.path.basename(tar_path), "count": len(w.samples), "bytes": w.pos,
             "sha256": w.sha.hexdigest(), "skipped": skipped, "reencoded": reencoded}

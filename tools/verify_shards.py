@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from pipeline.check import shard_problems
-from pipeline.shards import INFO_NAME, read_idx
+from pipeline.shards import INFO_NAME, idx_path, read_idx
 
 
 def _sha256(path: Path) -> str:
@@ -41,7 +41,7 @@ def verify(out: Path, decode: bool = True) -> list[str]:
                 problems.append(f"{tar}: size or sha256 differs from {INFO_NAME}")
             found = list(shard_problems(tar, num_classes, decode))
             problems += found
-            idx = tar.with_suffix(".idx")
-            if not found and idx.exists() and len(read_idx(idx)) != count:
-                problems.append(f"{tar}: {len(read_idx(idx))} samples, {INFO_NAME} says {count}")
+            listed = len(read_idx(idx_path(tar))) if not found and idx_path(tar).exists() else count
+            if listed != count:
+                problems.append(f"{tar}: {listed} samples, {INFO_NAME} says {count}")
     return problems

@@ -82,10 +82,9 @@ def _sync(device: torch.device) -> None:
 
 
 def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, global_step: int,
-               profiler: Profiler | None = None) -> tuple[torch.Tensor, float]:
+               prof: Profiler) -> tuple[torch.Tensor, float]:
     """One optimizer step on one batch; returns (loss as a detached fp32 device scalar, lr).
     It only launches work: nothing here reads a device value, so the host never waits."""
-    prof = profiler or Profiler(False, "", images.device, 0)
     opt, prec, crit = parts.optimizer, parts.precision, parts.criterion
     lr = lr_at(global_step, parts.total_steps, parts.warmup_steps, parts.peak_lr)
     for group in opt.param_groups:
