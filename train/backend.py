@@ -1,0 +1,25 @@
+"""Backend settings and the one GPU sync helper, shared by the trainer and the benchmarks.
+
+The suite's model-only ceiling and the trainer must run the same kernels, or the verdict
+compares two different things: both call `configure_backends`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def configure_backends(deterministic: bool) -> None:
+    """Deterministic kernels (bit-exact resume on the CPU) or the fastest ones: cudnn.benchmark
+    autotuning, TF32 for the fp32 matmuls and convs outside autocast."""
+    torch.backends.cudnn.benchmark = not deterministic
+    # warn_only: CUDA has no deterministic AdaptiveAvgPool2d backward; bit-exactness is a CPU promise.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a timer must not stop before the GPU does); no-op on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

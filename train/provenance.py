@@ -1,0 +1,68 @@
+"""One provenance record: what produced a figure or a run (code version, libraries, hardware).
+
+Every run log, every benchmark JSON and every RESULTS.md table carries this record, so a number
+can be tied to the commit (and whether the tree was dirty) and the machine that produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> tuple[str, bool | None]:
+    """(HEAD's hash of the firehose checkout, whether tracked files have uncommitted changes);
+    ("unknown", None) outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return (head, bool(dirty)) if head else ("unknown", None)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def dali_version() -> str | None:
+    try:
+        import nvidia.dali as dali
+    except ImportError:
+        return None
+    return dali.__version__
+
+
+def provenance(device: torch.device, world: int = 1) -> dict:
+    """The record: git commit + dirty flag, library versions, CPU, cores, device, world size, time."""
+    commit, dirty = git_commit()
+    device = torch.device(device)
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dali": dali_version(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world,
+        "host": platform.node(),
+    }
