@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import statistics
@@ -22,11 +21,10 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
+import torch
 from PIL import Image
 
-from benchmarks.timing import machine, resolve_device
-
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "shard_imagenet.py"
+from benchmarks.common import write_json
 
 
 def _decode(path: str) -> int:
@@ -65,8 +63,8 @@ def main(argv=None) -> int:
     def shard(check):
         out = tmp / f"out_{check}"
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([sys.executable, str(TOOL), "--src", str(args.src), "--out", str(out), "--splits", "train",
-                        "--check", check, "--workers", str(args.workers)],  # default 128 MB shards
+        subprocess.run([sys.executable, "-m", "tools.shard_imagenet", "--src", str(args.src), "--out", str(out),
+                        "--splits", "train", "--check", check, "--workers", str(args.workers)],  # 128 MB shards
                        check=True, capture_output=True)
 
     def tar():
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
-        "machine": machine(resolve_device("cpu")), "images": n, "megabytes": mb, "workers": args.workers,
+        "images": n, "megabytes": mb, "workers": args.workers,
         "seconds": s, "img_per_s": {k: n / v for k, v in s.items()},
         "header_over_tar": s["shard_header"] / s["tar"],
         "decode_vs_pil": s["pil_decode"] / s["shard_decode"],
@@ -92,8 +90,7 @@ def main(argv=None) -> int:
         print(f"{k:13s} {v:7.2f} s  {n / v:8.0f} img/s  {mb / v:7.1f} MB/s")
     print(f"--check header / tar -cf: {result['header_over_tar']:.2f}x (target <= 2)")
     print(f"--check decode / PIL decode (img/s): {result['decode_vs_pil']:.2f} (target >= 0.80)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result, torch.device("cpu"))
     return 0
 
 

@@ -12,25 +12,25 @@ img/s is global (one process here). Then the verdict: input efficiency, the limi
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 
 import torch
 from torch import nn
 
-from benchmarks.pipeline_bench import endless, measure
-from benchmarks.timing import machine, rate, resolve_device
+from benchmarks.common import add_data_args, data_config, num_classes, write_json
+from benchmarks.pipeline_bench import measure
+from benchmarks.timing import endless, rate, resolve_device
 from benchmarks.verdict import mfu, verdict
 from model import ModelConfig, build_model, flops_per_image
-from pipeline.config import DataConfig
 from pipeline.loader import build_loader
 from train.amp import Precision
+from train.backend import configure_backends, sync
 from train.config import OptimConfig
 from train.engine import StepParts, train_step
 from train.optim import build_optimizer
 from train.profile import Profiler
+from train.provenance import cpu_name
 
 # Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets; CPUs are measured instead.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -46,8 +46,7 @@ def measured_peak(device: torch.device, amp: str) -> float:
         t0 = time.perf_counter()
         for _ in range(3):
             a @ a
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         runs.append(3 * 2 * n**3 / (time.perf_counter() - t0))
     return sorted(runs[1:])[1]
 
@@ -90,26 +89,23 @@ def train_rate(parts: StepParts, batches, args, device: torch.device) -> dict:
 
 def run(args) -> dict:
     device = resolve_device(args.device)
-    data = DataConfig(path=args.data, batch_size=args.batch_size, image_size=args.image_size,
-                      num_threads=args.threads, workers=args.threads, shuffle_buffer=args.shuffle_buffer,
-                      hw_decoder_load=args.hw_decoder_load)
-    num_classes = len(build_loader(data, "train", 0, 1, device).split.classes) or 1000
-    parts = step_parts(args, device, num_classes)
-    syn = build_loader(DataConfig(loader="synthetic", batch_size=args.batch_size, image_size=args.image_size),
-                       "train", 0, 1, device, num_classes)
+    configure_backends(deterministic=False)  # the trainer's settings: cudnn.benchmark, TF32
+    classes = num_classes(args)
+    parts = step_parts(args, device, classes)
+    syn = build_loader(data_config(args, "synthetic"), "train", 0, 1, device, classes)  # one batch, on the device
     print(f"model only ({args.model}, batch {args.batch_size}, {args.image_size} px, {args.amp}) ...", flush=True)
-    result = {"machine": machine(device), "args": vars(args), "model_only": train_rate(parts, endless(syn.epoch),
-                                                                                        args, device)}
-    result["pipeline_only"], result["end_to_end"] = {}, {}
+    result = {"args": vars(args), "model_only": train_rate(parts, endless(syn.epoch), args, device),
+              "pipeline_only": {}, "end_to_end": {}}
     for name in args.loaders.split(","):
-        result["pipeline_only"][name] = measure(name, args, device)
-        loader = build_loader(DataConfig(**{**vars(data), "loader": name}), "train", 0, 1, device, num_classes)
+        result["pipeline_only"][name] = measure(name, args, device, classes)
+        loader = build_loader(data_config(args, name), "train", 0, 1, device, classes)
         print(f"end to end ({name}) ...", flush=True)
         result["end_to_end"][name] = train_rate(parts, endless(loader.epoch), args, device)
     model_s = result["model_only"]["per_s"]
     first = args.loaders.split(",")[0]
     stages = {k: v["img_per_s"] for k, v in result["pipeline_only"][first].items()}
-    result["verdict"] = {"loader": first, **verdict(model_s, stages, result["end_to_end"][first]["per_s"])}
+    result["verdict"] = {"loader": first, **verdict(model_s, stages, result["end_to_end"][first]["per_s"],
+                                                    device.type)}
     peak, source = peak_flops(device, args.peak_tflops, args.amp)
     flops = flops_per_image(build_model(ModelConfig(name=args.model)), args.image_size).flops
     result["mfu"] = {"peak_flops": peak, "peak_source": source, "flops_per_img_forward": flops,
@@ -152,33 +148,24 @@ def plot(r: dict, path: str) -> None:
     ax.barh([n for n, _, _ in rows][::-1], [v for _, v, _ in rows][::-1], color=[c for _, _, c in rows][::-1])
     ax.set_xscale("log")
     ax.set_xlabel("images / second (log scale)")
-    m = r["machine"]
+    device = resolve_device(r["args"]["device"])
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     ax.set_title(f"{r['args']['model']} {r['args']['image_size']} px, batch {r['args']['batch_size']} on "
-                 f"{m.get('gpu', m['cpu'])}: {r['verdict']['bound']}", fontsize=9)
+                 f"{where}: {r['verdict']['bound']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="shard folder (tools/shard_imagenet.py output)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    add_data_args(p, batch_size=256)
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "off"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile is warm-up)")
     p.add_argument("--loaders", default="dali,baseline", help="the first one gets the verdict")
     p.add_argument("--stages", default="read,decode,train", help="pipeline-only stages")
     p.add_argument("--split", default="train")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads = baseline workers")
-    p.add_argument("--shuffle-buffer", type=int, default=1024)
-    p.add_argument("--hw-decoder-load", type=float, default=0.65, help="share of JPEGs on the hardware decoder")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10, help="batches per timed repeat")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: data sheet or measured)")
-    p.add_argument("--json")
     p.add_argument("--plot")
     return p.parse_args(argv)
 
@@ -187,9 +174,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     r = run(args)
     print(table(r))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+    write_json(args.json, r, resolve_device(args.device))
     if args.plot:
         plot(r, args.plot)
     return 0

@@ -1,20 +1,22 @@
-"""Measuring helpers shared by the benchmarks: timed repeats with a median, and the machine."""
+"""Timed repeats with a median, and the device flag; GPU timing synchronizes at its boundaries."""
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 
 import torch
 
+from train.backend import sync
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work (a timer must not stop before the GPU does)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+
+def endless(epoch_batches: Callable[[int], Iterator]) -> Iterator:
+    """Batches from epoch 0, 1, 2, ... without end (benchmarks outlast small datasets)."""
+    epoch = 0
+    while True:
+        yield from epoch_batches(epoch)
+        epoch += 1
 
 
 def rate(batches: Iterator, count: Callable[[object], int], device: torch.device, warmup: int, steps: int,
@@ -32,27 +34,6 @@ def rate(batches: Iterator, count: Callable[[object], int], device: torch.device
         sync(device)
         runs.append(n / (time.perf_counter() - t0))
     return {"per_s": statistics.median(runs), "repeats": runs}
-
-
-def machine(device: torch.device) -> dict:
-    """What the figures were measured on: CPU, cores, GPU, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-           "device": str(device)}
-    try:
-        import nvidia.dali
-
-        out["dali"] = nvidia.dali.__version__
-    except ImportError:
-        out["dali"] = None
-    if device.type == "cuda":
-        out.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
-    return out
 
 
 def resolve_device(name: str) -> torch.device:

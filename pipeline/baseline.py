@@ -1,9 +1,15 @@
 """The baseline a user would otherwise pick, done well: PyTorch DataLoader + webdataset + PIL.
 
-Same augmentations as the DALI pipeline (RandomResizedCrop with an antialiased bilinear resize,
-horizontal flip, normalize), same sample split across ranks (each rank reads its contiguous range
-of the epoch's shard order), files split across DataLoader workers, pinned memory, and uint8
-batches normalized on the device (4x less to copy than float32).
+The same augmentation spec as the DALI pipeline (pipeline/augment.py), the same sample split
+across ranks (each rank reads its contiguous range of the epoch's shard order), files split
+across DataLoader workers, pinned memory, and uint8 batches normalized on the device (4x less to
+copy than float32).
+
+Each sample's random crop and flip come from an RNG seeded by (seed, epoch, rank, sample key), so
+a resumed epoch skips the batches already done without decoding them and still gets the same
+batches as an uninterrupted run. Bad data stops the epoch with a ShardError naming the shard and
+sample: each shard's tar headers are checked against its index and its sample count against the
+manifest before it is read (headers only: ~1% of reading it).
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,69 +26,74 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from pipeline.loader import Batch, Loader, epoch_seed, rank_range, shuffled_files
-from pipeline.shards import ShardError, parse_cls
+from pipeline.augment import FLIP_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box, val_resize_shorter
+from pipeline.base import Batch, Loader, epoch_seed, rank_range
+from pipeline.check import REQUIRED, check_index
+from pipeline.labels import parse_cls
+from pipeline.shards import ShardError
+
+Transform = Callable[[dict, random.Random], object]  # a sample (webdataset dict) -> what the worker yields
 
 
-def random_resized_crop_box(w: int, h: int, rng: random.Random, min_area: float) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box (scale [min_area, 1], ratio [3/4, 4/3], 10 tries,
-    then a centre crop clamped to the ratio range), as PIL's (left, top, right, bottom)."""
-    area = w * h
-    for _ in range(10):
-        a = area * rng.uniform(min_area, 1.0)
-        r = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = round(math.sqrt(a * r)), round(math.sqrt(a / r))
-        if 0 < cw <= w and 0 < ch <= h:
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            return x, y, x + cw, y + ch
-    r = w / h
-    cw, ch = (w, round(w / (4 / 3))) if r > 4 / 3 else (round(h * 3 / 4), h) if r < 3 / 4 else (w, h)
-    x, y = (w - cw) // 2, (h - ch) // 2
-    return x, y, x + cw, y + ch
+def where(sample: dict) -> str:
+    return f"{sample['__url__']}: sample {sample['__key__']}"
 
 
-def _decode(sample: dict) -> Image.Image:
+def decode(sample: dict) -> Image.Image:
     try:
         return Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
     except Exception as e:  # PIL raises many types for bad data
-        raise ShardError(f"{sample['__url__']}: sample {sample['__key__']}: jpg does not decode ({e})") from None
+        raise ShardError(f"{where(sample)}: jpg does not decode ({e})") from None
 
 
-def transform(sample: dict, stage: str, size: int, rng: random.Random, cfg: DataConfig):
-    """One sample -> (HWC uint8 array, label) for "train"/"val"; bytes or pixel counts for the
-    benchmark stages "read" and "decode"."""
-    if "jpg" not in sample or "cls" not in sample:
-        missing = "jpg" if "jpg" not in sample else "cls"
-        raise ShardError(f"{sample['__url__']}: sample {sample['__key__']} has no {missing}")
-    if stage == "read":
-        return len(sample["jpg"]), 0
-    im = _decode(sample)
-    if stage == "decode":
-        return im.width * im.height, 0
-    if stage == "train":
-        box = random_resized_crop_box(im.width, im.height, rng, cfg.min_area)
-        im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)  # PIL resize is antialiased
-        if rng.random() < 0.5:
+@dataclass(frozen=True)
+class TrainTransform:
+    """RandomResizedCrop + antialiased bilinear resize (PIL's resize is antialiased) + flip -> HWC uint8.
+    A picklable object, not a closure: DataLoader workers start by forkserver."""
+
+    size: int
+    min_area: float
+
+    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray:
+        im = decode(sample)
+        box = random_resized_crop_box(im.width, im.height, rng, self.min_area)
+        im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        if rng.random() < FLIP_PROBABILITY:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    else:
-        short = round(size / cfg.val_crop_ratio)
-        s = short / min(im.width, im.height)
-        w, h = max(size, round(im.width * s)), max(size, round(im.height * s))
-        x, y = (w - size) // 2, (h - size) // 2
-        im = im.resize((w, h), Image.Resampling.BILINEAR).crop((x, y, x + size, y + size))
-    return np.array(im), sample["cls"]  # a writable copy: torch refuses read-only arrays
+        return np.array(im)  # a writable copy: torch refuses read-only arrays
+
+
+@dataclass(frozen=True)
+class ValTransform:
+    """Resize the shorter side to `short` px, centre crop size x size -> HWC uint8."""
+
+    size: int
+    short: int
+
+    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray:
+        im = decode(sample)
+        s = self.short / min(im.width, im.height)
+        w, h = max(self.size, round(im.width * s)), max(self.size, round(im.height * s))
+        x, y = (w - self.size) // 2, (h - self.size) // 2
+        return np.array(im.resize((w, h), Image.Resampling.BILINEAR).crop((x, y, x + self.size, y + self.size)))
 
 
 class ShardStream(IterableDataset):
-    """Samples [start, end) of `files` (in order; global sample index = file start + position),
-    split across DataLoader workers by file, transformed in the worker. With `repeat`, each worker
-    cycles its files forever (training takes a fixed number of batches)."""
+    """(transform(sample), label) for samples [start, end) of `files` (global sample index = the
+    file's first index + position), split across DataLoader workers by file.
 
-    def __init__(self, files, lengths, start, end, stage, size, cfg, seed, num_classes, repeat):
+    Training (`repeat`): each worker shuffles its samples through a buffer and cycles its files
+    forever (the loader takes a fixed number of batches). `skip` batches of the epoch are passed
+    over without being transformed: worker w plays the part of worker (w + skip) % workers, so the
+    DataLoader's round-robin hands out the same batches as an uninterrupted epoch.
+    """
+
+    def __init__(self, files: list[str], lengths: list[int], start: int, end: int, transform: Transform,
+                 seed: int, num_classes: int, shuffle_buffer: int = 0, repeat: bool = False,
+                 skip: int = 0, batch_size: int = 1):
         self.files, self.lengths, self.start, self.end = files, lengths, start, end
-        self.stage, self.size, self.cfg, self.seed = stage, size, cfg, seed
-        self.num_classes, self.repeat = num_classes, repeat
+        self.transform, self.seed, self.num_classes = transform, seed, num_classes
+        self.shuffle_buffer, self.repeat, self.skip, self.batch_size = shuffle_buffer, repeat, skip, batch_size
 
     def worker_files(self, worker: int, workers: int) -> list[tuple[str, int, int]]:
         """(file, first global index, samples) of the files overlapping [start, end), for one worker."""
@@ -96,37 +108,73 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        w, n = (info.id, info.num_workers) if info else (0, 1)
-        files = self.worker_files(w, n)
-        rng = random.Random(self.seed * 1000 + w)
+        w, workers = (info.id, info.num_workers) if info else (0, 1)
+        role = (w + self.skip) % workers
+        files = self.worker_files(role, workers)
+        passed = max(0, -(-(self.skip - role) // workers)) * self.batch_size  # samples of skipped batches
+        order = random.Random(self.seed * 1000 + role)  # the shuffle buffer's order
         while True:
             stream = self._samples(files)
-            if self.stage == "train":
-                stream = wds.filters.shuffle(self.cfg.shuffle_buffer, self.cfg.shuffle_buffer, rng=rng)(stream)
+            if self.shuffle_buffer:
+                stream = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=order)(stream)
             for sample in stream:
-                x, cls = transform(sample, self.stage, self.size, rng, self.cfg)
-                where = f"{sample['__url__']}: sample {sample['__key__']}"
-                yield x, parse_cls(cls, self.num_classes, where) if self.stage in ("train", "val") else 0
+                if passed:
+                    passed -= 1
+                    continue
+                missing = [e for e in REQUIRED if e not in sample]
+                if missing:
+                    raise ShardError(f"{where(sample)} has no {missing[0]}")
+                x = self.transform(sample, random.Random(f"{self.seed}/{sample['__key__']}"))
+                yield x, parse_cls(sample["cls"], self.num_classes, where(sample))
             if not self.repeat or not files:
                 return
 
     def _samples(self, files):
-        for url, first, _ in files:
-            tar = wds.tariterators.url_opener([{"url": url}])
-            for i, s in enumerate(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(tar))):
-                if self.start <= first + i < self.end:
-                    yield s
+        for url, first, n in files:
+            check_index(url, n)  # a truncated tar, a tampered index, a short shard: ShardError
+            try:
+                tar = wds.tariterators.url_opener([{"url": url}])
+                for i, s in enumerate(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(tar))):
+                    if self.start <= first + i < self.end:
+                        yield s
+            except ShardError:
+                raise
+            except Exception as e:  # webdataset and tarfile raise many types for a damaged tar
+                raise ShardError(f"{url}: unreadable tar ({type(e).__name__}: {e})") from None
 
 
-def make_stream(cfg: DataConfig, loader: Loader, epoch: int, stage: str) -> ShardStream:
-    """The rank's ShardStream for one epoch (the benchmarks use it with other stages)."""
-    if loader.train:
-        files, lengths = shuffled_files(loader.split, cfg.seed, epoch)
-    else:
-        files, lengths = [str(f) for f in loader.split.files], list(loader.split.shard_lengths)
+def make_stream(loader: Loader, epoch: int, transform: Transform, skip: int = 0) -> ShardStream:
+    """The rank's ShardStream for one epoch (the benchmarks pass their own transforms)."""
+    files, lengths = loader.epoch_files(epoch)
     a, b = rank_range(sum(lengths), loader.rank, loader.world)
-    return ShardStream(files, lengths, a, b, stage, loader.image_size, cfg,
-                       epoch_seed(cfg.seed, epoch, loader.rank), loader.num_classes, repeat=loader.train)
+    cfg = loader.cfg
+    return ShardStream(files, lengths, a, b, transform, epoch_seed(cfg.seed, epoch, loader.rank),
+                       loader.num_classes, cfg.shuffle_buffer if loader.train else 0, repeat=loader.train,
+                       skip=skip, batch_size=loader.batch_size)
+
+
+def dataloader(loader: Loader, stream: ShardStream) -> DataLoader:
+    cfg = loader.cfg
+    return DataLoader(stream, batch_size=loader.batch_size, num_workers=cfg.workers,
+                      pin_memory=loader.device.type == "cuda",
+                      prefetch_factor=cfg.prefetch if cfg.workers else None, drop_last=loader.train,
+                      persistent_workers=False,
+                      # not fork: a process that already runs DALI or CUDA threads must not fork
+                      multiprocessing_context="forkserver" if cfg.workers else None)
+
+
+def batches(loader: Loader, stream: ShardStream, count: int) -> Iterator:
+    """`count` batches of a DataLoader over `stream`; a worker's ShardError is re-raised as one
+    line, and a stream that ends early is an error naming the split."""
+    it = iter(dataloader(loader, stream))
+    for i in range(count):
+        try:
+            yield next(it)
+        except ShardError as e:  # re-raised from a worker with its traceback: keep the message
+            raise ShardError(str(e).strip().splitlines()[-1].removeprefix("pipeline.shards.ShardError: ")) from None
+        except StopIteration:
+            raise ShardError(f"{loader.cfg.path}: {loader.split.name} ended after {i} of {count} batches "
+                             "(a shard shorter than the manifest says?)") from None
 
 
 class BaselineLoader(Loader):
@@ -135,27 +183,18 @@ class BaselineLoader(Loader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.train:  # workers batch separately: count their (possibly partial) batches
-            stream, workers = make_stream(self.cfg, self, 0, "val"), max(1, self.cfg.workers)
+            stream, workers = make_stream(self, 0, None), max(1, self.cfg.workers)
             self.batches = sum(math.ceil(stream.worker_count(w, workers) / self.batch_size) for w in range(workers))
         mean = torch.tensor(IMAGENET_MEAN, device=self.device) * 255
         std = torch.tensor(IMAGENET_STD, device=self.device) * 255
         self.scale, self.shift = 1 / std, -mean / std
 
-    def dataloader(self, epoch: int, stage: str) -> DataLoader:
-        return DataLoader(make_stream(self.cfg, self, epoch, stage), batch_size=self.batch_size,
-                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=self.cfg.prefetch if self.cfg.workers else None,
-                          drop_last=self.train, persistent_workers=False,
-                          # not fork: a process that already runs DALI or CUDA threads must not fork
-                          multiprocessing_context="forkserver" if self.cfg.workers else None)
-
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        it = iter(self.dataloader(epoch, "train" if self.train else "val"))
-        for _ in range(len(self)):
-            try:
-                images, labels = next(it)
-            except ShardError as e:  # re-raised from a worker with its traceback: keep the message
-                raise ShardError(str(e).strip().splitlines()[-1].removeprefix("pipeline.shards.ShardError: ")) from None
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        size = self.size_at(epoch)
+        transform = (TrainTransform(size, self.cfg.min_area) if self.train
+                     else ValTransform(size, val_resize_shorter(size, self.cfg.val_crop_ratio)))
+        stream = make_stream(self, epoch, transform, skip)
+        for images, labels in batches(self, stream, len(self) - skip):
             yield self.normalize(images), labels.to(self.device, non_blocking=True)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB in [0, 1]
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LOADERS = ("dali", "baseline", "synthetic")
 AUTO_AUGMENTS = ("none", "trivial", "auto")
 
@@ -19,7 +18,7 @@ class DataConfig:
     val_image_size: int = 224  # val centre crop side, px
     val_crop_ratio: float = 0.875  # val: resize shorter side to val_image_size / ratio (256 for 224)
     min_area: float = 0.08  # RandomResizedCrop scale range [min_area, 1]
-    num_threads: int = 4  # DALI CPU threads per rank
+    num_threads: int = 0  # DALI CPU threads per rank; 0 = this rank's cores (affinity / local ranks) - 1
     workers: int = 4  # baseline DataLoader worker processes per rank
     prefetch: int = 2  # batches prepared ahead (DALI prefetch_queue_depth, DataLoader prefetch_factor)
     shuffle_buffer: int = 4096  # samples in the reader's shuffle buffer (DALI initial_fill)
@@ -35,9 +34,11 @@ class DataConfig:
             raise ValueError(f"data.loader: {self.loader!r} is not one of {LOADERS}")
         if self.auto_augment not in AUTO_AUGMENTS:
             raise ValueError(f"data.auto_augment: {self.auto_augment!r} is not one of {AUTO_AUGMENTS}")
-        for key in ("batch_size", "image_size", "val_image_size", "num_threads", "prefetch", "shuffle_buffer"):
+        for key in ("batch_size", "image_size", "val_image_size", "prefetch", "shuffle_buffer"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"data.{key}: must be positive, got {getattr(self, key)}")
+        if self.num_threads < 0:
+            raise ValueError(f"data.num_threads: must be >= 0 (0 = automatic), got {self.num_threads}")
         if self.workers < 0:
             raise ValueError(f"data.workers: must be >= 0, got {self.workers}")
         if not 0 < self.min_area <= 1:
@@ -48,3 +49,12 @@ class DataConfig:
             raise ValueError(f"data.hw_decoder_load: must be in [0, 1], got {self.hw_decoder_load}")
         if self.loader != "synthetic" and not self.path:
             raise ValueError("data.path: no shard folder given")
+
+
+def dali_threads(cfg: DataConfig, local_world: int = 1) -> int:
+    """DALI CPU threads for one rank: data.num_threads, or when 0 the cores this process may run on
+    shared among the node's `local_world` ranks, minus one left for the training process itself."""
+    if cfg.num_threads:
+        return cfg.num_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, local_world) - 1)

@@ -1,10 +1,19 @@
 """The DALI pipelines (train and val) and the loader that hands their output to PyTorch.
 
-Stages, as DALI operators: read shards (webdataset reader, index files, this rank's share) ->
-decode (random-crop ROI decode for train; `mixed` = nvJPEG + hardware decoder on a GPU, `cpu`
-otherwise) -> resize (antialiased) -> [colour jitter / auto-augment] -> flip + normalize to
-float16 HWC. A HWC batch permuted to NCHW is already channels-last, so the tensor DALI wrote is
-given to PyTorch as is (DLPack, no copy, no transpose).
+A pipeline is the shard reader followed by a list of stages, each a DALI operator:
+
+    train: decode a random-resized crop -> resize to size x size -> [colour jitter] -> [auto-augment]
+           -> flip + normalize to float16 HWC
+    val:   decode -> resize the shorter side -> centre crop + normalize to float16 HWC
+
+Decoding is `mixed` (nvJPEG and the hardware JPEG decoder) on a GPU and `cpu` otherwise. A HWC
+batch permuted to NCHW is already channels-last, so the tensor DALI wrote is given to PyTorch as
+is (DLPack: no copy, no transpose).
+
+Epochs stream back to back: a training pipeline reads one epoch's shard order, so while epoch e
+runs, the pipeline of epoch e+1 (at its image size) is built in a background thread and its first
+batch decoded; when epoch e ends, epoch e+1's first batch is already there. The validation
+pipeline is built once per image size and reused by every evaluation.
 """
 
 from __future__ import annotations
@@ -12,16 +21,28 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import DataNode, Pipeline
 
-from pipeline.check import first_problem, preflight
-from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from pipeline.augment import (
+    ASPECT_RANGE,
+    CROP_ATTEMPTS,
+    FLIP_PROBABILITY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    val_resize_shorter,
+)
+from pipeline.base import Batch, Loader, epoch_seed
+from pipeline.check import check_index, first_problem
+from pipeline.config import DataConfig
 from pipeline.labels import parse_labels
-from pipeline.loader import Batch, Loader, epoch_seed, shuffled_files
 from pipeline.shards import ShardError, idx_path
 
 # GPU decoder buffers sized for ImageNet's large photos up front, so memory does not grow (and
@@ -29,10 +50,106 @@ from pipeline.shards import ShardError, idx_path
 DEVICE_MEMORY_PADDING = 211_025_920
 HOST_MEMORY_PADDING = 140_544_512
 PREALLOCATE_WIDTH, PREALLOCATE_HEIGHT = 5980, 6430  # the largest ImageNet train image, px
+# Words of DALI errors that are about the data (a bad JPEG, tar or index); any other DALI error
+# (out of memory, a bad argument, a CUDA fault) is reported as itself at once.
+DATA_ERROR_WORDS = ("decod", "jpeg", "image", "component", "index", "tar", "webdataset", "unexpected end",
+                    "corrupt", "offset", "file")
+NOT_DATA_WORDS = ("out of memory", "cuda error", "cudaerror", "argument", "nvml", "driver")
+
+Stage = Callable[[DataNode], DataNode]
 
 
-def _reader(files: list[str], shard_id: int, num_shards: int, shuffle_buffer: int, train: bool):
-    """Encoded jpg bytes, ASCII cls bytes and each sample's source ('shard.tar:offset:name')."""
+class PipelineError(RuntimeError):
+    """DALI failed for a reason that is not the data: out of memory, a bad argument, a CUDA fault."""
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Where JPEGs are decoded: `mixed` on GPU `device_id` (with the hardware decoder taking
+    `hw_decoder_load` of them), or `cpu` when device_id is None."""
+
+    device_id: int | None
+    hw_decoder_load: float = 0.65
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.device_id is None else "mixed"
+
+    def hints(self, crop: bool = False) -> dict:
+        if self.device_id is None:
+            return {}
+        hints = dict(hw_decoder_load=self.hw_decoder_load, device_memory_padding=DEVICE_MEMORY_PADDING,
+                     host_memory_padding=HOST_MEMORY_PADDING)
+        if crop:
+            hints.update(preallocate_width_hint=PREALLOCATE_WIDTH, preallocate_height_hint=PREALLOCATE_HEIGHT)
+        return hints
+
+
+# --- stages: each takes a DataNode of images and returns the next ---------------------------------
+
+def decode(dec: Decoder) -> Stage:
+    """The whole image, RGB HWC uint8."""
+    return lambda jpg: fn.decoders.image(jpg, device=dec.device, output_type=types.RGB, **dec.hints())
+
+
+def decode_random_crop(dec: Decoder, min_area: float) -> Stage:
+    """RandomResizedCrop's crop, decoded alone (ROI decode: the rest of the JPEG is skipped)."""
+    return lambda jpg: fn.decoders.image_random_crop(
+        jpg, device=dec.device, output_type=types.RGB, random_area=[min_area, 1.0],
+        random_aspect_ratio=list(ASPECT_RANGE), num_attempts=CROP_ATTEMPTS, **dec.hints(crop=True))
+
+
+def resize_square(size: int) -> Stage:
+    return lambda images: fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+
+
+def resize_shorter(px: int) -> Stage:
+    return lambda images: fn.resize(images, resize_shorter=px, antialias=True)
+
+
+def color_jitter(strength: float) -> Stage:
+    def jitter(images):
+        amount = dict(range=[1 - strength, 1 + strength])
+        return fn.color_twist(images, brightness=fn.random.uniform(**amount), contrast=fn.random.uniform(**amount),
+                              saturation=fn.random.uniform(**amount))
+    return jitter
+
+
+def auto_augment(kind: str, size: int) -> Stage:
+    """TrivialAugment Wide ("trivial") or AutoAugment's ImageNet policy ("auto")."""
+    from nvidia.dali.auto_aug import auto_augment as aa
+    from nvidia.dali.auto_aug import trivial_augment as ta
+
+    policy = {"trivial": ta.trivial_augment_wide, "auto": aa.auto_augment_image_net}[kind]
+    return lambda images: policy(images, shape=[size, size])
+
+
+def normalize(pad: bool, crop: int | None = None, flip: bool = False) -> Stage:
+    """[Centre crop +] [random flip +] normalize + cast to float16 HWC (+ zero 4th channel): one kernel."""
+    return lambda images: fn.crop_mirror_normalize(
+        images, dtype=types.FLOAT16, output_layout="HWC", crop=(crop, crop) if crop else None,
+        mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+        mirror=fn.random.coin_flip(probability=FLIP_PROBABILITY) if flip else False, pad_output=pad)
+
+
+def train_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
+    stages = [decode_random_crop(dec, cfg.min_area), resize_square(size)]
+    if cfg.color_jitter > 0:
+        stages.append(color_jitter(cfg.color_jitter))
+    if cfg.auto_augment != "none":
+        stages.append(auto_augment(cfg.auto_augment, size))
+    return stages + [normalize(cfg.pad_channels, flip=True)]
+
+
+def val_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
+    return [decode(dec), resize_shorter(val_resize_shorter(size, cfg.val_crop_ratio)),
+            normalize(cfg.pad_channels, crop=size)]
+
+
+# --- the pipeline ---------------------------------------------------------------------------------
+
+def read_shards(files: list[str], shard_id: int, num_shards: int, shuffle_buffer: int, train: bool):
+    """Encoded jpg bytes, ASCII cls bytes (zero-padded) and each sample's source ('shard.tar:offset:name')."""
     idx = [str(idx_path(f)) for f in files]
     have_idx = all(os.path.exists(i) for i in idx)  # else DALI scans the tars itself
     jpg, cls = fn.readers.webdataset(
@@ -43,68 +160,24 @@ def _reader(files: list[str], shard_id: int, num_shards: int, shuffle_buffer: in
     return jpg, fn.pad(cls, fill_value=0), fn.get_property(jpg, key="source_info")
 
 
-def _normalize(images, size: int | None, mirror, cfg: DataConfig):
-    """Flip + normalize + cast to float16 HWC (+ zero 4th channel) in one DALI kernel."""
-    return fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT16, output_layout="HWC", crop=(size, size) if size else None,
-        mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
-        mirror=mirror, pad_output=cfg.pad_channels)
-
-
-def _augment(images, cfg: DataConfig, size: int):
-    if cfg.color_jitter > 0:
-        j = cfg.color_jitter
-        images = fn.color_twist(images, brightness=fn.random.uniform(range=[1 - j, 1 + j]),
-                                contrast=fn.random.uniform(range=[1 - j, 1 + j]),
-                                saturation=fn.random.uniform(range=[1 - j, 1 + j]))
-    if cfg.auto_augment == "trivial":
-        from nvidia.dali.auto_aug import trivial_augment
-
-        images = trivial_augment.trivial_augment_wide(images, shape=[size, size])
-    elif cfg.auto_augment == "auto":
-        from nvidia.dali.auto_aug import auto_augment
-
-        images = auto_augment.auto_augment_image_net(images, shape=[size, size])
-    return images
-
-
 def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards: int, device_id: int | None,
-                   size: int, seed: int, stage: str = "train"):
-    """A built DALI pipeline over `files` for one rank. `stage`: "train" (random-resized crop,
-    flip, normalize), "val" (resize shorter side, centre crop, normalize), or for benchmarks
-    "read" (bytes only) and "decode" (full decode only). Outputs (images, cls bytes, sources)."""
-    decoder = "cpu" if device_id is None else "mixed"
-    gpu_hints = {} if device_id is None else dict(
-        hw_decoder_load=cfg.hw_decoder_load, device_memory_padding=DEVICE_MEMORY_PADDING,
-        host_memory_padding=HOST_MEMORY_PADDING)
-    crop_hints = dict(gpu_hints, preallocate_width_hint=PREALLOCATE_WIDTH,
-                      preallocate_height_hint=PREALLOCATE_HEIGHT) if gpu_hints else {}
-
-    @pipeline_def(enable_conditionals=cfg.auto_augment != "none" and stage == "train")
+                   seed: int, stages: list[Stage], train: bool, num_threads: int) -> Pipeline:
+    """A built pipeline: this rank's share of `files`, then `stages` in order. Outputs (images,
+    cls bytes, sources). With no stages the images are the encoded bytes (the benchmarks' read stage)."""
+    @pipeline_def(enable_conditionals=train and cfg.auto_augment != "none")
     def pipe():
-        jpg, cls, src = _reader(files, shard_id, num_shards, cfg.shuffle_buffer, stage == "train")
-        if stage == "read":
-            return jpg, cls, src
-        if stage == "decode":
-            return fn.decoders.image(jpg, device=decoder, output_type=types.RGB, **gpu_hints), cls, src
-        if stage == "val":
-            images = fn.decoders.image(jpg, device=decoder, output_type=types.RGB, **gpu_hints)
-            images = fn.resize(images, resize_shorter=size / cfg.val_crop_ratio, antialias=True)
-            return _normalize(images, size, False, cfg), cls, src
-        images = fn.decoders.image_random_crop(
-            jpg, device=decoder, output_type=types.RGB, random_area=[cfg.min_area, 1.0],
-            random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10, **crop_hints)
-        images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
-        images = _augment(images, cfg, size)
-        return _normalize(images, None, fn.random.coin_flip(probability=0.5), cfg), cls, src
+        images, cls, src = read_shards(files, shard_id, num_shards, cfg.shuffle_buffer, train)
+        for stage in stages:
+            images = stage(images)
+        return images, cls, src
 
-    p = pipe(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=seed,
+    p = pipe(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
              prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
     p.build()
     return p
 
 
-def _dali_reason(e: Exception) -> str:
+def dali_reason(e: Exception) -> str:
     """The informative line of a DALI error (its messages carry a C++ stack trace)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for marker in ("Error in thread", "[/opt/dali", "Assert on", "Error when executing"):
@@ -113,58 +186,145 @@ def _dali_reason(e: Exception) -> str:
     return " ".join(useful[:3])[:500] or str(e)[:500]
 
 
+def is_data_error(e: Exception) -> bool:
+    """Whether a DALI error is about the data (worth looking for the bad sample)."""
+    text = str(e).lower()
+    return not any(w in text for w in NOT_DATA_WORDS) and any(w in text for w in DATA_ERROR_WORDS)
+
+
 class DaliLoader(Loader):
     """DALI on the GPU (`mixed` decode) when the device is CUDA, on the CPU otherwise."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        preflight(self.split)  # bad index/truncated shard: fail now, naming it, not mid-epoch
+        self.device_id = (self.device.index or 0) if self.device.type == "cuda" else None
+        self._ahead: tuple[int, int, Future] | None = None  # (epoch, size, future (pipe, first batch))
+        self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-ahead") if self.train else None
+        self._val: dict[int, Pipeline] = {}  # image size -> the validation pipeline, reused
+        self._inflight: deque = deque()  # (CUDA event, outputs) of batches the GPU may still read
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        if self.train:
-            files, _ = shuffled_files(self.split, self.cfg.seed, epoch)
-        else:
-            files = [str(f) for f in self.split.files]
-        device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        seed = epoch_seed(self.cfg.seed, epoch, self.rank)
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        if not self.train:
+            yield from self._val_epoch(epoch)
+            return
+        pipe, first = self._take(epoch)
         try:
-            pipe = build_pipeline(self.cfg, files, self.rank, self.world, device_id, self.image_size, seed,
-                                  "train" if self.train else "val")
-        except RuntimeError as e:
-            raise self._explain(e, files) from None
-        left = self.num_samples
-        try:
-            for _ in range(len(self)):
-                try:
-                    images, cls, src = pipe.run()
-                except RuntimeError as e:
-                    raise self._explain(e, files) from None
-                images, labels = self._to_torch(images, cls, src)
-                if not self.train and left < len(labels):  # padded duplicates of the last sample
-                    images, labels = images[:left], labels[:left]
-                left -= len(labels)
-                yield images, labels
+            for i in range(len(self)):
+                outputs = first if i == 0 else self._run(pipe, epoch)
+                first = None
+                if i == 0:
+                    self._prepare(epoch + 1)  # overlaps this epoch; ready when it ends
+                if i >= skip:  # the reader cannot seek: skipped batches are decoded, not used
+                    yield self._to_torch(*outputs)
+                    self._hold(outputs)
         finally:
             del pipe
 
-    def _explain(self, e: RuntimeError, files: list[str]) -> ShardError:
-        """DALI's errors name an operator, not a sample: find the bad sample by re-reading the
-        shards in reading order (slow, but only on the way out)."""
-        print(f"DALI failed ({_dali_reason(e)}); looking for the bad sample...", file=sys.stderr)
-        problem = first_problem(files, self.num_classes)
-        return ShardError(problem or f"{self.cfg.path}: {_dali_reason(e)}")
+    def _val_epoch(self, epoch: int) -> Iterator[Batch]:
+        size = self.size_at(epoch)
+        pipe = self._val.get(size) or self._build(epoch, size)
+        self._val[size] = pipe
+        left = self.num_samples
+        for _ in range(len(self)):  # pad_last_batch: the reader restarts at the shard start after this
+            try:
+                images, labels = self._to_torch(*self._run(pipe, epoch))
+            except BaseException:
+                self._val.pop(size, None)  # a failed pipeline is not reused
+                raise
+            if left < len(labels):  # padded duplicates of the last sample
+                images, labels = images[:left], labels[:left]
+            left -= len(labels)
+            yield images, labels
+            self._hold((images, labels))
+
+    def _build(self, epoch: int, size: int) -> Pipeline:
+        files, _ = self.epoch_files(epoch)
+        dec = Decoder(self.device_id, self.cfg.hw_decoder_load)
+        stages = (train_stages if self.train else val_stages)(self.cfg, size, dec)
+        try:
+            pipe = build_pipeline(self.cfg, files, self.rank, self.world, self.device_id,
+                                  epoch_seed(self.cfg.seed, epoch, self.rank), stages, self.train, self.threads)
+        except RuntimeError as e:
+            raise self._explain(e, epoch) from None
+        if pipe.reader_meta("reader")["epoch_size"] != self.split.num_samples:  # a shard shorter than listed
+            for tar, n in zip(self.split.files, self.split.shard_lengths):
+                check_index(tar, n)  # raises, naming the shard
+            raise ShardError(f"{self.cfg.path}: DALI finds {pipe.reader_meta('reader')['epoch_size']} samples, "
+                             f"the manifest lists {self.split.num_samples}")
+        return pipe
+
+    def _start(self, epoch: int, size: int) -> tuple[Pipeline, tuple]:
+        """A training epoch's pipeline and its first batch (the prefetch queue fills behind it)."""
+        pipe = self._build(epoch, size)
+        return pipe, self._run(pipe, epoch)
+
+    def _prepare(self, epoch: int) -> None:
+        """Start building `epoch`'s pipeline in the background (at most one ahead)."""
+        self._drop_ahead()
+        size = self.size_at(epoch)
+        self._ahead = (epoch, size, self._builder.submit(self._start, epoch, size))
+
+    def _take(self, epoch: int) -> tuple[Pipeline, tuple]:
+        """The pipeline for `epoch`: the one built ahead if it fits, else built now."""
+        size = self.size_at(epoch)
+        if self._ahead is not None and self._ahead[:2] == (epoch, size):
+            future = self._ahead[2]
+            self._ahead = None
+            return future.result()
+        self._drop_ahead()
+        return self._start(epoch, size)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            future, self._ahead = self._ahead[2], None
+            with contextlib.suppress(Exception):  # its error, if any, belongs to an epoch not run
+                future.result()
+
+    def _run(self, pipe: Pipeline, epoch: int) -> tuple:
+        """The next batch. On a GPU, `run(stream)` makes torch's current stream wait for DALI's
+        work instead of the host (a plain `run()` blocks until the GPU has finished the batch)."""
+        try:
+            if self.device.type == "cuda":
+                return pipe.run(torch.cuda.current_stream(self.device))
+            return pipe.run()
+        except RuntimeError as e:
+            raise self._explain(e, epoch) from None
+
+    def _hold(self, outputs: tuple) -> None:
+        """Keep a consumed batch's buffers alive until the GPU work queued on it has finished: DALI
+        frees (and reuses) its memory in its own stream order, which does not wait for torch's.
+        Called when the next batch is asked for; never waits (event.query())."""
+        if self.device.type != "cuda":
+            return
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        self._inflight.append((done, outputs))
+        while self._inflight and self._inflight[0][0].query():
+            self._inflight.popleft()
+
+    def _explain(self, e: RuntimeError, epoch: int) -> Exception:
+        """DALI's errors name an operator, not a sample. For a data error, look for the bad sample
+        in this rank's shards, in reading order, for at most a minute; report any other error as is."""
+        reason = dali_reason(e)
+        if not is_data_error(e):
+            return PipelineError(f"DALI failed: {reason}")
+        print(f"DALI failed ({reason}); looking for the bad sample in this rank's shards...", file=sys.stderr)
+        problem, checked = first_problem(self.rank_files(epoch), self.num_classes)
+        return ShardError(problem or f"{self.cfg.path}: {reason} ({checked})")
 
     def _to_torch(self, images, cls, src) -> Batch:
-        labels = parse_labels(cls.as_array(), self.num_classes, lambda i: _source(src, i))
+        """DALI outputs -> (images NCHW fp16 channels-last, int64 labels) on the device, no copy of
+        the images. The executor keeps their memory alive as long as the torch tensor lives."""
+        labels = torch.from_numpy(parse_labels(cls.as_array(), self.num_classes, lambda i: source(src, i)))
         cuda = self.device.type == "cuda"
-        # Zero copy: the dynamic executor keeps this memory alive as long as the torch tensor lives;
-        # on a GPU, DLPack makes torch's current stream wait for DALI's. NHWC storage = channels_last.
+        # DLPack makes torch's current stream wait for DALI's ready event (no host wait).
+        # NHWC storage permuted to NCHW = channels_last.
         with torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
             x = torch.from_dlpack(images.as_tensor()).permute(0, 3, 1, 2)
         return x, labels.pin_memory().to(self.device, non_blocking=True) if cuda else labels
 
 
-def _source(src, i: int) -> str:
+def source(src, i: int) -> str:
     """'shard.tar: sample KEY' from DALI's source_info ('path.tar:offset:member')."""
     info = bytes(np.asarray(src[i])).decode()
     tar, _, member = info.rpartition(":")

@@ -68,23 +68,26 @@ def format_idx(samples: list[list[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_idx_line(line: str, path: str | Path, lineno: int | str = "") -> list[Member]:
+    """One v1.2 index line (`ext offset size name` per member) -> the sample's members; ShardError
+    naming the file (and line) when it is malformed."""
+    f = line.split()
+    where = f"{path}:{lineno}" if lineno != "" else str(path)
+    if not f or len(f) % 4:
+        raise ShardError(f"{where}: malformed index line")
+    try:
+        return [Member(f[i + 3], int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)]
+    except ValueError:
+        raise ShardError(f"{where}: offset or size is not an integer") from None
+
+
 def read_idx(path: str | Path) -> list[list[Member]]:
     """Parse a v1.2 index into samples; raises ShardError naming the file on any malformed line."""
-    text = Path(path).read_text()
-    lines = text.splitlines()
+    lines = Path(path).read_text().splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != IDX_VERSION or not head[1].isdigit():
         raise ShardError(f"{path}: not a {IDX_VERSION} DALI index (header {lines[:1]})")
-    samples = []
-    for n, line in enumerate(lines[1:], start=2):
-        f = line.split()
-        if not f or len(f) % 4:
-            raise ShardError(f"{path}:{n}: malformed index line")
-        try:
-            members = [Member(f[i + 3], int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)]
-        except ValueError:
-            raise ShardError(f"{path}:{n}: offset or size is not an integer") from None
-        samples.append(members)
+    samples = [parse_idx_line(line, path, n) for n, line in enumerate(lines[1:], start=2)]
     if len(samples) != int(head[1]):
         raise ShardError(f"{path}: header says {head[1]} samples, index lists {len(samples)}")
     return samples
@@ -126,17 +129,6 @@ def group_samples(members: list[Member]) -> list[list[Member]]:
     return samples
 
 
-def parse_cls(raw: bytes, num_classes: int | None, where: str) -> int:
-    """An ASCII class index -> int, checked against num_classes; ShardError naming `where` otherwise."""
-    text = raw.decode("ascii", "replace").strip()
-    if not text.isdigit():
-        raise ShardError(f"{where}: cls {text[:20]!r} is not a non-negative integer")
-    label = int(text)
-    if num_classes is not None and label >= num_classes:
-        raise ShardError(f"{where}: cls {text!r} is out of range for {num_classes} classes")
-    return label
-
-
 def load_split(data: str | Path, split: str) -> SplitInfo:
     """Shards of one split from a dataset folder (with `_info.json`) or a brace/glob-free list.
 
@@ -171,7 +163,12 @@ def load_split(data: str | Path, split: str) -> SplitInfo:
 
 
 def _count_samples(tar: Path) -> int:
+    """Samples in a shard: the index header's count (one line read), else a scan of the tar headers."""
     idx = idx_path(tar)
-    if idx.exists():
-        return len(read_idx(idx))
-    return len(group_samples(scan_tar(tar)))
+    if not idx.exists():
+        return len(group_samples(scan_tar(tar)))
+    with open(idx) as f:
+        head = f.readline().split()
+    if len(head) != 2 or head[0] != IDX_VERSION or not head[1].isdigit():
+        raise ShardError(f"{idx}: not a {IDX_VERSION} DALI index (header {' '.join(head)[:40]!r})")
+    return int(head[1])

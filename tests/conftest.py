@@ -1,31 +1,33 @@
-"""Shared fixtures: a small synthetic ImageNet and its shards, made once per test session."""
+"""Shared fixtures and helpers: a small synthetic ImageNet and its shards (made once per test
+session), tiny training arguments, shard builders and damage, and checkpoint comparisons."""
 
+import hashlib
+import io
+import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+from model import ModelConfig, build_model
+from pipeline.shards import format_idx, load_split
+from tools import make_synthetic_imagenet, shard_imagenet
+from tools.shard_writer import TarIndexWriter
+from train import checkpoint as ckpt
+from train.config import OptimConfig, load_config, to_dict
+from train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))  # the scripts' modules (tools/ is not a package)
 # For subprocesses: the project first, then whatever the caller had (the GPU machine's .devsite/).
 PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-
-import make_synthetic_imagenet  # noqa: E402
-import shard_imagenet  # noqa: E402
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    """Two checkpoints at the same step with the same model and EMA weights (max abs diff <= 1e-6)."""
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    for part in ("model", "ema"):
-        for k, v in a[part].items():
-            if v.is_floating_point():
-                diff = (v - b[part][k]).abs().max().item()
-                assert diff <= 1e-6, f"{part}.{k} differs by {diff}"
-            else:
-                assert torch.equal(v, b[part][k]), f"{part}.{k}"
+ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1"}
+BATCH = 8  # the tiny runs' batch size
+# A tiny training run: ResNet-18 at 32 px, DALI on the CPU, deterministic, EMA and mixup on.
+TINY = ["data.loader=dali", f"data.batch_size={BATCH}", "data.image_size=32", "data.val_image_size=32",
+        "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "optim.warmup_epochs=0.5",
+        "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9", "train.deterministic=true"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,3 +54,105 @@ def shards(synthetic, tmp_path_factory):
                               "--samples-per-shard", "40", "--workers", "2"])
     assert rc == 0
     return out
+
+
+def steps_per_epoch(shards: Path, ranks: int = 1, batch: int = BATCH) -> int:
+    """Training steps per epoch on `shards`: the smallest rank's full batches."""
+    return load_split(shards, "train").num_samples // ranks // batch
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def final_state(run_dir) -> dict:
+    """The newest checkpoint of a run."""
+    return ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two checkpoints at the same step with the same model and EMA weights (max abs diff <= 1e-6)."""
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            if v.is_floating_point():
+                diff = (v - b[part][k]).abs().max().item()
+                assert diff <= 1e-6, f"{part}.{k} differs by {diff}"
+            else:
+                assert torch.equal(v, b[part][k]), f"{part}.{k}"
+
+
+def make_state(epoch: int, step: int) -> dict:
+    """A real checkpoint state (ResNet-18 after one SGD step) at (epoch, step)."""
+    torch.manual_seed(epoch)
+    model = build_model(ModelConfig(name="resnet18", num_classes=10))
+    opt = build_optimizer(model, OptimConfig(), lr=0.1)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()  # momentum buffers exist
+    cfg = load_config(None, ["data.loader=synthetic", "model.name=resnet18"])
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": None, "ema": None,
+            "selected_weights": "model", "epoch": epoch, "step_in_epoch": 0, "global_step": step,
+            "config": to_dict(cfg), "rng": ckpt.rng_state(torch.device("cpu")),
+            "best": {"top1": 50.0, "top5": 90.0, "epoch": 1, "weights": "model"},
+            "history": [{"epoch": 0, "loss": 2.0}]}
+
+
+class Evil:
+    """Pickles to a call of os.system: what a hostile checkpoint does on an unsafe load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def digests(folder: Path) -> dict:
+    """sha256 of every file directly in `folder`, by name."""
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+# --- hand-made shards and damage --------------------------------------------------------------
+
+def jpeg_bytes(size=(40, 30), colour=(200, 10, 10)) -> bytes:
+    b = io.BytesIO()
+    Image.new("RGB", size, colour).save(b, "JPEG")
+    return b.getvalue()
+
+
+def make_shard(out: Path, samples, index=True, split="train") -> Path:
+    """One shard `x-{split}-000000.tar` (+ index, + `_info.json` with 2 classes) in a new folder
+    `out`, from (key, [(ext, bytes)]) pairs."""
+    out.mkdir()
+    name = f"x-{split}-000000"
+    with open(out / f"{name}.tar", "wb") as f:
+        w = TarIndexWriter(f)
+        for key, files in samples:
+            w.add_sample(key, files)
+        w.close()
+    if index:
+        (out / f"{name}.idx").write_text(format_idx(w.samples))
+    entry = {"name": split, "filenames": [f"{name}.tar"], "shard_lengths": [len(samples)]}
+    (out / "_info.json").write_text(json.dumps({"classes": ["a", "b"], "splits": {split: entry}}))
+    return out
+
+
+GOOD = [(f"k{i}", [("jpg", jpeg_bytes()), ("cls", b"1")]) for i in range(8)]
+BAD = {  # a bad sample's files -> what the error names
+    "corrupt jpg": ([("jpg", jpeg_bytes()[:120]), ("cls", b"0")], "kbad: jpg does not decode"),
+    "not an image": ([("jpg", b"hello" * 20), ("cls", b"0")], "kbad: jpg does not decode"),
+    "missing cls": ([("jpg", jpeg_bytes())], "kbad has no cls"),
+    "label out of range": ([("jpg", jpeg_bytes()), ("cls", b"7")], "kbad: cls '7' is out of range"),
+    "label not an integer": ([("jpg", jpeg_bytes()), ("cls", b"dog")], "kbad: cls 'dog' is not"),
+}
+
+
+def tamper_index(idx: Path, sample: int = 1) -> None:
+    """Move one sample's jpg offset in an index by a tar block: the index no longer matches its tar."""
+    lines = idx.read_text().splitlines()
+    offset = lines[1 + sample].split()[1]
+    lines[1 + sample] = lines[1 + sample].replace(f"jpg {offset} ", f"jpg {int(offset) + 512} ", 1)
+    idx.write_text("\n".join(lines) + "\n")
+
+
+def truncate(tar: Path, size: int) -> None:
+    """Keep the first `size` bytes of a file (a copy cut short)."""
+    tar.write_bytes(tar.read_bytes()[:size])

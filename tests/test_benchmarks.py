@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import pipeline_bench, shard_bench, suite
-from benchmarks.verdict import loop_verdict, mfu, verdict
+from benchmarks.verdict import CONTENTION, mfu, verdict
+from train.summary import loop_verdict, wait_histogram
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--batch-size", "8", "--image-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "2",
@@ -31,12 +33,12 @@ def test_verdict_other_stages():
     assert verdict(1000, {"read": 500, "decode": 400, "train": 300}, 290)["bound"] == "input-bound: read"
     assert verdict(1000, {"read": 9e4, "decode": 3000, "train": 600}, 590)["bound"] == "input-bound: augment"
     v = verdict(1000, {"read": 9e4, "decode": 3000, "train": 2000}, 700)  # each stage fast alone
-    assert v["bound"] == "input-bound: host-to-device" and v["shortfall"] == pytest.approx(1000 / 700)
+    assert v["bound"] == "input-bound: contention" and v["shortfall"] == pytest.approx(1000 / 700)
+    assert v["advice"] == CONTENTION["cpu"] and "cores" in v["advice"]
+    assert verdict(1000, {"read": 9e4, "decode": 3000, "train": 2000}, 700, "cuda")["advice"] == CONTENTION["cuda"]
 
 
 def test_trainer_verdict_and_wait_histogram():
-    from train.log import wait_histogram
-
     assert loop_verdict(0.01) == "compute-bound" and loop_verdict(0.3).startswith("input-bound (30%")
     h = wait_histogram([{"data_wait_hist": [1, 2, 0, 0, 0, 3]}, {"data_wait_hist": [0, 1, 0, 0, 0, 0]}])
     assert h == {"<0.1": 1, "0.1-1": 3, "1-5": 0, "5-20": 0, "20-100": 0, ">=100": 3}
@@ -50,7 +52,7 @@ def test_pipeline_bench_writes_every_field(shards, tmp_path):
     out = tmp_path / "p.json"
     assert pipeline_bench.main(["--data", str(shards), "--device", "cpu", "--json", str(out), *TINY]) == 0
     r = json.loads(out.read_text())
-    assert r["machine"]["cores"] and r["machine"]["dali"]
+    assert r["provenance"]["git_commit"] and r["provenance"]["dali"] and r["provenance"]["cores"]
     for name in ("dali", "baseline"):
         stages = r["loaders"][name]
         assert set(stages) == {"read", "decode", "train"}
@@ -58,7 +60,18 @@ def test_pipeline_bench_writes_every_field(shards, tmp_path):
         assert stages["read"]["mb_per_s"] > 0
         t = stages["train"]
         assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "float16", "channels_last")
-    assert r["dali_over_baseline_train"] > 0
+    ratio = r["loaders"]["dali"]["train"]["img_per_s"] / r["loaders"]["baseline"]["train"]["img_per_s"]
+    assert r["dali_over_baseline_train"] == pytest.approx(ratio)
+
+
+def test_pipeline_bench_on_timm_layout_needs_no_class_list(shards, tmp_path):
+    timm = tmp_path / "timm"
+    timm.mkdir()
+    for f in shards.glob("*-train-*.tar"):
+        shutil.copy(f, timm / f.name)  # timm's imagenet-1k-wds: no _info.json, no class list
+    args = ["--data", str(timm), "--device", "cpu", "--loaders", "dali", "--stages", "train", *TINY]
+    assert pipeline_bench.main([*args, "--num-classes", "10"]) == 0
+    assert pipeline_bench.main(args) == 0  # default: ImageNet's 1000 classes
 
 
 def test_suite_writes_json_and_plot(shards, tmp_path):
@@ -67,14 +80,18 @@ def test_suite_writes_json_and_plot(shards, tmp_path):
             "--plot", str(png), "--stages", "read,train", *TINY]
     assert suite.main(args) == 0
     r = json.loads(out.read_text())
-    assert r["model_only"]["per_s"] > 0
+    model_s = r["model_only"]["per_s"]
+    assert model_s > 0 and r["provenance"]["git_commit"]
     assert set(r["pipeline_only"]) == set(r["end_to_end"]) == {"dali", "baseline"}
-    assert r["verdict"]["bound"].startswith(("compute-bound", "input-bound: "))
-    assert 0 < r["verdict"]["efficiency"] and r["mfu"]["peak_source"].startswith("measured")
-    assert 0 < r["mfu"]["model_only"] < 1
+    stages = {k: v["img_per_s"] for k, v in r["pipeline_only"]["dali"].items()}
+    expect = verdict(model_s, stages, r["end_to_end"]["dali"]["per_s"], "cpu")
+    assert r["verdict"] == {"loader": "dali", **expect}  # the verdict of the figures it reports
+    assert r["mfu"]["peak_source"].startswith("measured")
+    m = r["mfu"]
+    assert m["model_only"] == pytest.approx(mfu(m["flops_per_img_forward"], model_s, m["peak_flops"]))
     # end to end cannot beat the slower of its two halves (beyond noise)
     for name, e in r["end_to_end"].items():
-        assert e["per_s"] <= 1.5 * min(r["model_only"]["per_s"], r["pipeline_only"][name]["train"]["img_per_s"])
+        assert e["per_s"] <= 1.5 * min(model_s, r["pipeline_only"][name]["train"]["img_per_s"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -83,7 +100,10 @@ def test_shard_bench_runs(synthetic, tmp_path):
     assert shard_bench.main(["--src", str(synthetic.root), "--repeats", "1", "--workers", "2",
                              "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["images"] == 205 and r["header_over_tar"] > 0 and r["decode_vs_pil"] > 0
+    n = sum(1 for _ in (synthetic.root / "train").rglob("*.JPEG"))
+    assert r["images"] == n and r["provenance"]["git_commit"]
+    assert r["header_over_tar"] == pytest.approx(r["seconds"]["shard_header"] / r["seconds"]["tar"])
+    assert r["decode_vs_pil"] == pytest.approx(r["seconds"]["pil_decode"] / r["seconds"]["shard_decode"])
 
 
 @pytest.mark.slow

@@ -1,21 +1,17 @@
 """The loaders: output format, labels, rank splits, exact validation counts, determinism, bad input."""
 
-import io
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import webdataset as wds
-from PIL import Image
+from conftest import BAD, GOOD, jpeg_bytes, make_shard, tamper_index, truncate
 
+from pipeline import dali
 from pipeline.config import DataConfig
-from pipeline.dali import build_pipeline
 from pipeline.loader import build_loader
-from pipeline.shards import ShardError, format_idx, load_split
-
-from shard_writer import TarIndexWriter
+from pipeline.shards import ShardError, load_split, scan_tar
 
 CPU = torch.device("cpu")
 LOADERS = ["dali", "baseline"]
@@ -51,11 +47,13 @@ def test_pad_channels_gives_a_zero_fourth_channel(shards, loader):
 
 
 def test_dali_output_is_the_dali_buffer_not_a_copy(shards):
-    pipe = build_pipeline(cfg(shards), [str(f) for f in load_split(shards, "val").files], 0, 1, None, 48, 0, "val")
-    images, _, _ = pipe.run()
-    t = images.as_tensor()
-    x = torch.from_dlpack(t).permute(0, 3, 1, 2)
-    assert x.data_ptr() == t.data_ptr() and x.is_contiguous(memory_format=torch.channels_last)
+    loader = build_loader(cfg(shards), "val", 0, 1, CPU)
+    pipe = loader._build(0, 48)
+    outputs = pipe.run()
+    images, labels = loader._to_torch(*outputs)
+    t = outputs[0].as_tensor()
+    assert images.data_ptr() == t.data_ptr() and images.is_contiguous(memory_format=torch.channels_last)
+    assert images.shape == (16, 3, 48, 48) and labels.tolist() == shard_labels(shards, "validation")[:16]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -79,16 +77,17 @@ def test_distributed_val_counts_every_image_once(shards, loader, world):
 
 
 def test_ranks_read_disjoint_samples_covering_the_dataset(shards):
-    files = [str(f) for f in load_split(shards, "train").files]
+    split = load_split(shards, "train")
+    files = [str(f) for f in split.files]
     keys = []
     for rank in range(2):
-        pipe = build_pipeline(cfg(shards, batch_size=1), files, rank, 2, None, 48, 0, "read")
+        pipe = dali.build_pipeline(cfg(shards, batch_size=1), files, rank, 2, None, 0, [], False, 1)
         n = pipe.reader_meta()["reader"]["epoch_size"]
         start, end = n * rank // 2, n * (rank + 1) // 2
         keys.append({bytes(pipe.run()[2].as_array()[0]).decode() for _ in range(start, end)})
-    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == load_split(shards, "train").num_samples
+    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == split.num_samples
     lens = {len(build_loader(cfg(shards, loader), "train", r, 2, CPU)) for r in range(2) for loader in LOADERS}
-    assert lens == {205 // 2 // 16}
+    assert lens == {split.num_samples // 2 // 16}
 
 
 def test_dali_is_deterministic_per_seed_and_epoch(shards):
@@ -113,43 +112,14 @@ def test_shards_without_index_and_timm_layout(shards, tmp_path):
     for f in shards.glob("*.tar"):
         shutil.copy(f, timm / f.name)  # no .idx, no _info.json: found by name, classes from config
     train = build_loader(cfg(timm), "train", 0, 1, CPU, num_classes=10)
-    assert len(train) == 205 // 16 - (2 // 16)  # 203 readable samples
+    assert len(train) == load_split(shards, "train").num_samples // 16
     got = torch.cat([y for _, y in build_loader(cfg(timm), "val", 0, 1, CPU, num_classes=10).epoch(0)])
     assert got.tolist() == shard_labels(shards, "validation")
+    with pytest.raises(ValueError, match="no class list"):
+        build_loader(cfg(timm), "train", 0, 1, CPU)
 
 
 # --- bad input -------------------------------------------------------------------------------
-
-def _jpg() -> bytes:
-    b = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(b, "JPEG")
-    return b.getvalue()
-
-
-def make_shard(out: Path, samples, index=True) -> Path:
-    """One train shard (+ index, + _info.json with 2 classes) from (key, [(ext, bytes)]) pairs."""
-    out.mkdir()
-    with open(out / "x-train-000000.tar", "wb") as f:
-        w = TarIndexWriter(f)
-        for key, files in samples:
-            w.add_sample(key, files)
-        w.close()
-    if index:
-        (out / "x-train-000000.idx").write_text(format_idx(w.samples))
-    split = {"name": "train", "filenames": ["x-train-000000.tar"], "shard_lengths": [len(samples)]}
-    (out / "_info.json").write_text(json.dumps({"classes": ["a", "b"], "splits": {"train": split}}))
-    return out
-
-
-GOOD = [(f"k{i}", [("jpg", _jpg()), ("cls", b"1")]) for i in range(8)]
-BAD = {
-    "corrupt jpg": ([("jpg", _jpg()[:120]), ("cls", b"0")], "kbad: jpg does not decode"),
-    "not an image": ([("jpg", b"hello" * 20), ("cls", b"0")], "kbad: jpg does not decode"),
-    "missing cls": ([("jpg", _jpg())], "kbad has no cls"),
-    "label out of range": ([("jpg", _jpg()), ("cls", b"7")], "kbad: cls '7' is out of range"),
-    "label not an integer": ([("jpg", _jpg()), ("cls", b"dog")], "kbad: cls 'dog' is not"),
-}
-
 
 @pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -157,35 +127,38 @@ def test_bad_sample_names_shard_and_key(tmp_path, loader, case):
     files, needle = BAD[case]
     out = make_shard(tmp_path / "d", GOOD[:3] + [("kbad", files)] + GOOD[3:])
     with pytest.raises(ShardError, match=needle) as e:
-        for _ in build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU).epoch(0):
-            pass
+        drain(build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU))
     assert "x-train-000000" in str(e.value) and "\n" not in str(e.value)
 
 
+def drain(loader) -> None:
+    for _ in loader.epoch(0):
+        pass
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("index", [True, False])
-def test_truncated_shard_is_named(tmp_path, index):
+@pytest.mark.parametrize("cut", ["inside a member", "on a header boundary"])
+def test_truncated_shard_is_named(tmp_path, loader, index, cut):
     out = make_shard(tmp_path / "d", GOOD, index=index)
     tar = out / "x-train-000000.tar"
-    tar.write_bytes(tar.read_bytes()[:3000])
-    with pytest.raises(ShardError, match="x-train-000000.tar: truncated"):
-        for _ in build_loader(cfg(out, batch_size=4), "train", 0, 1, CPU).epoch(0):
-            pass
+    fourth = scan_tar(tar)[6]  # the 4th sample's jpg: two members (jpg, cls) per sample
+    truncate(tar, fourth.offset + 100 if cut == "inside a member" else fourth.offset - 512)
+    with pytest.raises(ShardError, match=r"x-train-000000.tar: (truncated|holds 3 samples)") as e:
+        drain(build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU))
+    assert "\n" not in str(e.value)
 
 
-def test_tampered_index_is_named(tmp_path):
+@pytest.mark.parametrize("loader", LOADERS)
+def test_tampered_index_is_named(tmp_path, loader):
     out = make_shard(tmp_path / "d", GOOD)
-    idx = out / "x-train-000000.idx"
-    lines = idx.read_text().splitlines()
-    offset = lines[2].split()[1]
-    lines[2] = lines[2].replace(f"jpg {offset} ", f"jpg {int(offset) + 512} ", 1)
-    idx.write_text("\n".join(lines) + "\n")
+    tamper_index(out / "x-train-000000.idx", sample=1)
     with pytest.raises(ShardError, match="x-train-000000.idx: sample k1 does not match"):
-        for _ in build_loader(cfg(out, batch_size=4), "train", 0, 1, CPU).epoch(0):
-            pass
+        drain(build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU))
 
 
 def test_shards_without_jpg_or_cls(tmp_path):
-    out = make_shard(tmp_path / "d", [(f"k{i}", [("png", _jpg()), ("txt", b"1")]) for i in range(8)])
+    out = make_shard(tmp_path / "d", [(f"k{i}", [("png", jpeg_bytes()), ("txt", b"1")]) for i in range(8)])
     with pytest.raises(ShardError, match="k0 has no jpg"):
         build_loader(cfg(out, batch_size=4), "train", 0, 1, CPU)
 

@@ -2,14 +2,13 @@
 worker killed mid-epoch, full disks, bad shards, bad configs and hostile files (README:
 "Reliability: what we promise and how it is tested").
 
-Tiny runs: ResNet-18 at 32 px, DALI on the CPU over the `shards` fixture (203 train images: 25
-steps of 8 per epoch; 50 val), or the synthetic loader where no data is needed. Every subprocess
+Tiny runs: ResNet-18 at 32 px, DALI on the CPU over the `shards` fixture (steps per epoch computed
+from its split), or the synthetic loader where no data is needed. Every subprocess
 has a timeout, so a hang fails the test. One OpenMP thread per process: the runs stay fast when
 the machine is busy.
 """
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -23,30 +22,43 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHONPATH, assert_same_weights
-from test_pipeline import BAD, GOOD, make_shard
-from test_train_checkpoint import Evil, make_state
+from conftest import (
+    BAD,
+    ENV,
+    GOOD,
+    TINY,
+    Evil,
+    assert_same_weights,
+    digests,
+    final_state,
+    make_shard,
+    make_state,
+    steps_per_epoch,
+    tamper_index,
+    truncate,
+)
 
-from pipeline.shards import format_idx, group_samples, scan_tar
+from pipeline import atomic
+from pipeline.shards import format_idx, group_samples, load_split, scan_tar
+from tools import shard_imagenet
+from tools.shard_writer import TarIndexWriter
 from train import checkpoint as ckpt
 from train import fault
 from train import trainer as trainer_mod
 from train.config import ConfigError, load_config
 from train.distributed import DistInfo
 
-import shard_imagenet
-from shard_writer import TarIndexWriter
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = {**ENV, "OMP_NUM_THREADS": "1"}
 ENV.pop(fault.ENV, None)
-TINY = ["data.loader=dali", "data.num_threads=1", "data.batch_size=8", "data.image_size=32", "data.val_image_size=32",
-        "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "train.epochs=2",
-        "optim.warmup_epochs=0.5", "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9",
-        "train.deterministic=true"]
+TINY = [*TINY, "data.num_threads=1", "train.epochs=2"]
 SYNTH = ["data.loader=synthetic", "data.batch_size=8", "data.image_size=32", "data.val_image_size=32",
          "model.name=resnet18", "model.num_classes=10", "train.epochs=2", "optim.warmup_epochs=0"]
-STEPS = 25  # per epoch, TINY on the shards fixture
+
+
+@pytest.fixture(scope="module")
+def steps(shards) -> int:
+    """Training steps per epoch of TINY on the shards fixture."""
+    return steps_per_epoch(shards)
 
 # `python -c FAULTY_SAVE args...` = `python -m train args...` whose checkpoint write number
 # $SAVE_FAULT_AT fails as $SAVE_FAULT says: "kill" writes half of the file, then SIGKILLs itself
@@ -94,10 +106,6 @@ def one_error_line(r, needle: str) -> str:
     return lines[0]
 
 
-def final_state(run_dir) -> dict:
-    return ckpt.load_checkpoint(ckpt.list_checkpoints(run_dir)[-1])
-
-
 def epoch_metrics(state: dict) -> list[dict]:
     keys = ("epoch", "loss", "partial", "image_size", "top1", "top5", "ema_top1", "ema_top5", "val_count")
     return [{k: h.get(k) for k in keys} for h in state["history"]]
@@ -128,18 +136,19 @@ def reference(data, tmp_path_factory):
 # --- exact resume, kills, signals ------------------------------------------------------------
 
 @pytest.mark.slow  # ~25 s with its reference run
-def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference, tmp_path):
+def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference, tmp_path, steps):
     """SIGKILL half-way through writing the checkpoint after epoch 1: the epoch-0 checkpoint is
     what `resume: auto` takes, and the resumed run ends with the reference's weights and metrics."""
     args = [*TINY, data, f"run_dir={tmp_path}"]
     r = train(args, code=FAULTY_SAVE, env={"SAVE_FAULT": "kill", "SAVE_FAULT_AT": "2"})
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt-e0001-s00000025.pt"]
-    (torn,) = tmp_path.glob(".ckpt-e0002-s00000050.pt.tmp-*")  # the killed write, never renamed
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [ckpt.checkpoint_name(1, steps)]
+    (torn,) = tmp_path.glob(f".{ckpt.checkpoint_name(2, 2 * steps)}.tmp-*")  # the killed write, never renamed
     assert 0 < torn.stat().st_size
     out = ok(train(args))  # the same command again
     assert "removing" in out and torn.name in out and not torn.exists()
-    assert f"resumed from {tmp_path / 'ckpt-e0001-s00000025.pt'}: epoch 1, step 0 of it, global step 25" in out
+    resumed = tmp_path / ckpt.checkpoint_name(1, steps)
+    assert f"resumed from {resumed}: epoch 1, step 0 of it, global step {steps}" in out
     assert_same_run(reference, final_state(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["finished"] and summary["final_top1"] == reference["history"][-1]["top1"]
@@ -152,21 +161,21 @@ def watchdog(proc: subprocess.Popen, seconds: float) -> threading.Timer:
     return t
 
 
-def test_sigint_writes_a_final_checkpoint_and_exits_0(data, tmp_path):
+def test_sigint_writes_a_final_checkpoint_and_exits_0(data, tmp_path, steps):
     proc = subprocess.Popen([sys.executable, "-m", "train", *TINY, data, f"run_dir={tmp_path}"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     dog = watchdog(proc, 120)
     lines = []
     for line in proc.stdout:  # Ctrl-C mid-epoch 0, right after its fourth step
         lines.append(line)
-        if line.startswith(f"epoch 0 step 4/{STEPS}"):
+        if line.startswith(f"epoch 0 step 4/{steps}"):
             proc.send_signal(signal.SIGINT)
     rc = proc.wait(timeout=60)
     dog.cancel()
     out = "".join(lines)
     assert rc == 0 and "Traceback" not in out, out[-3000:]
     state = final_state(tmp_path)
-    assert state["epoch"] == 0 and 4 <= state["step_in_epoch"] < STEPS, (state["epoch"], state["step_in_epoch"])
+    assert state["epoch"] == 0 and 4 <= state["step_in_epoch"] < steps, (state["epoch"], state["step_in_epoch"])
     assert f"stop requested: checkpointed at epoch 0 step {state['step_in_epoch']}; exiting" in out
     assert not json.loads((tmp_path / "summary.json").read_text())["finished"]
 
@@ -184,14 +193,16 @@ def test_torchrun_restarts_after_a_worker_is_killed_mid_epoch(shards, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "fault injection: SIGKILL at epoch 1 step 5" in out and (run_dir / fault.MARKER).exists()
-    assert f"resumed from {run_dir / 'ckpt-e0001-s00000012.pt'}: epoch 1, step 0 of it, global step 12" in out
+    steps = steps_per_epoch(shards, ranks=2)
+    assert f"resumed from {run_dir / ckpt.checkpoint_name(1, steps)}: epoch 1, step 0 of it, global step {steps}" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["world_size"] == 2
     records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [m for m in records if m["kind"] == "epoch"]
-    assert [(m["epoch"], m["val_count"], m["val_expected"]) for m in epochs] == [(0, 50, 50), (1, 50, 50)]
+    n_val = load_split(shards, "val").num_samples
+    assert [(m["epoch"], m["val_count"], m["val_expected"]) for m in epochs] == [(0, n_val, n_val), (1, n_val, n_val)]
     state = final_state(run_dir)
-    assert (state["epoch"], state["global_step"]) == (2, 24)
+    assert (state["epoch"], state["global_step"]) == (2, 2 * steps)
 
 
 # --- full disk / read-only output ------------------------------------------------------------
@@ -214,7 +225,7 @@ def test_checkpoint_write_failure_leaves_the_previous_one(tmp_path, monkeypatch,
     state = make_state(1, 10)
     good = ckpt.save_checkpoint(state, tmp_path, keep_last=3, is_best=True)
     if where == "open":  # a read-only folder (root ignores chmod, so the failure is injected)
-        monkeypatch.setattr(ckpt, "open", _erofs, raising=False)
+        monkeypatch.setattr(atomic, "open", _erofs, raising=False)
         reason = "Read-only file system"
     else:
         monkeypatch.setattr(ckpt.torch, "save", _half_then_enospc)
@@ -238,10 +249,6 @@ def test_trainer_disk_full_exits_2_then_resumes(tmp_path):
     out = ok(train(args))
     assert "resumed from" in out and "global step 8" in out
     assert final_state(tmp_path)["epoch"] == 2
-
-
-def digests(folder: Path) -> dict:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()}
 
 
 def test_sharding_disk_full_exits_2_then_rerun_completes(synthetic, shards, tmp_path, monkeypatch, capsys):
@@ -287,22 +294,20 @@ def bad_dataset(out: Path, train_samples) -> Path:
     return out
 
 
-def truncate(out: Path):
-    tar = out / "x-train-000000.tar"
-    tar.write_bytes(tar.read_bytes()[:3000])
-
-
-def tamper(out: Path):
-    idx = out / "x-train-000000.idx"
-    lines = idx.read_text().splitlines()
-    offset = lines[2].split()[1]
-    lines[2] = lines[2].replace(f"jpg {offset} ", f"jpg {int(offset) + 512} ", 1)
-    idx.write_text("\n".join(lines) + "\n")
+def first_sample_member(out: Path, sample: int) -> int:
+    """Offset of a sample's first member's data in the train shard (two members per sample)."""
+    return scan_tar(out / "x-train-000000.tar")[2 * sample].offset
 
 
 TRAIN_TIME = {  # case -> (bad sample or None, damage, what the one error line must say)
-    "truncated tar": (None, truncate, r"x-train-000000.tar: truncated at sample k\d"),
-    "tampered idx": (None, tamper, r"x-train-000000.idx: sample k1 does not match"),
+    "truncated inside a member": (None, lambda out: truncate(out / "x-train-000000.tar", 3000),
+                                  r"x-train-000000.tar: truncated at sample k\d"),
+    "truncated on a header boundary": (
+        None, lambda out: (truncate(out / "x-train-000000.tar", first_sample_member(out, 4) - 512),
+                           (out / "x-train-000000.idx").unlink()),
+        r"x-train-000000.tar: (truncated|holds 4 samples)"),
+    "tampered idx": (None, lambda out: tamper_index(out / "x-train-000000.idx", sample=1),
+                     r"x-train-000000.idx: sample k1 does not match"),
     "missing cls": (BAD["missing cls"][0], None, r"x-train-000000.tar: sample kbad has no cls"),
     "corrupt jpg": (BAD["corrupt jpg"][0], None, r"x-train-000000.tar: sample kbad: jpg does not decode"),
     "label out of range": (BAD["label out of range"][0], None,
@@ -310,8 +315,9 @@ TRAIN_TIME = {  # case -> (bad sample or None, damage, what the one error line m
 }
 
 
-# Every case with DALI; one with the baseline loader: its DataLoader workers' errors (~10 s a run).
-@pytest.mark.parametrize("case, loader", [(c, "dali") for c in sorted(TRAIN_TIME)] + [("corrupt jpg", "baseline")])
+# Every case with both loaders (the baseline's DataLoader workers make its runs ~10 s each).
+@pytest.mark.parametrize("loader", ["dali", "baseline"])
+@pytest.mark.parametrize("case", sorted(TRAIN_TIME))
 def test_bad_shard_stops_training_with_one_line(tmp_path, case, loader):
     """`python -m train` on a bad shard: exit 2, one `error:` line (the last on stderr) naming the
     shard and the sample key, no traceback, no hang."""
@@ -379,12 +385,12 @@ def test_verify_names_the_bad_sample(shards, tmp_path, capsys, case):
     (["data.loader=dali"], "config: data.path: no shard folder given"),
     (["data.path={tmp}/nope"], "error: {tmp}/nope: data folder does not exist"),
     (["data.path={shards}", "data.batch_size=500"],
-     "config: data.batch_size: 203 train samples over 1 ranks give no full batch of 500 per rank"),
+     "config: data.batch_size: {n} train samples over 1 ranks give no full batch of 500 per rank"),
 ], ids=["no data path", "missing data folder", "batch larger than the rank's share"])
 def test_bad_data_config_one_line_before_any_work(shards, tmp_path, extra, needle):
     extra = [a.format(tmp=tmp_path, shards=shards) for a in extra]
     r = train(["model.name=resnet18", "model.num_classes=10", *extra, f"run_dir={tmp_path / 'run'}"], timeout=120)
-    one_error_line(r, needle.format(tmp=tmp_path))
+    one_error_line(r, needle.format(tmp=tmp_path, n=load_split(shards, "train").num_samples))
     assert r.stdout == "" and not (tmp_path / "run").exists()
 
 
@@ -392,8 +398,9 @@ def test_more_ranks_than_samples_is_a_config_error(shards, tmp_path, monkeypatch
     monkeypatch.setattr(trainer_mod, "set_determinism", lambda cfg: None)  # keep this process's RNGs
     cfg = load_config(None, [f"data.path={shards}", "data.batch_size=1", "model.name=resnet18",
                              "model.num_classes=10", f"run_dir={tmp_path / 'run'}"])
-    with pytest.raises(ConfigError, match=r"^config: train: 300 ranks but only 203 samples$"):
-        trainer_mod.run(cfg, DistInfo(rank=0, world=300, local_rank=0, device=torch.device("cpu")))
+    n = load_split(shards, "train").num_samples
+    with pytest.raises(ConfigError, match=rf"^config: train: {n + 1} ranks but only {n} samples$"):
+        trainer_mod.run(cfg, DistInfo(rank=0, world=n + 1, local_rank=0, device=torch.device("cpu")))
     assert not (tmp_path / "run").exists()
 
 

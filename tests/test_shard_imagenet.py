@@ -1,6 +1,5 @@
 """The sharding tool: labels, oddities, DALI-readable indexes, resume, --verify, bad input."""
 
-import hashlib
 import io
 import json
 import shutil
@@ -13,18 +12,13 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from conftest import digests, tamper_index
 from PIL import Image
 
-from pipeline.shards import read_idx, scan_tar
-
-import shard_imagenet
+from pipeline.shards import read_idx
+from tools import shard_imagenet
 
 TOOL = [sys.executable, str(Path(shard_imagenet.__file__))]
-
-
-def digests(folder: Path) -> dict:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.iterdir()) if f.suffix in (".tar", ".idx", ".json")}
 
 
 def read_split(out: Path, split: str) -> list[dict]:
@@ -187,9 +181,7 @@ def test_verify_catches_truncated_shard_and_tampered_index(shards, tmp_path, cap
     assert shard_imagenet.main(["--verify", "--out", str(bad)]) == 0
     tar = bad / "imagenet1k-train-000001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
-    idx = bad / "imagenet1k-train-000002.idx"
-    m = scan_tar(bad / "imagenet1k-train-000002.tar")[0]
-    idx.write_text(idx.read_text().replace(f" {m.offset} {m.size} ", f" {m.offset + 512} {m.size} ", 1))
+    tamper_index(bad / "imagenet1k-train-000002.idx", sample=0)
     capsys.readouterr()
     assert shard_imagenet.main(["--verify", "--out", str(bad)]) == 1
     err = capsys.readouterr().err

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tools import make_synthetic_imagenet as msi
+
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
-sys.path.insert(0, str(TOOLS))
-import make_synthetic_imagenet as msi  # noqa: E402
 
 # 4 classes x 16 train + 4 x 2 val = 72 images: enough that the worker pool is used.
 SMALL = dict(classes=4, train_per_class=16, val_per_class=2)

@@ -1,29 +1,14 @@
 """Checkpoints: round trip, atomic writes, keep-last, corrupt files skipped, pickles refused."""
 
-import os
 import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
+from conftest import Evil, make_state
 
-from model import ModelConfig, build_model
 from train import checkpoint as ckpt
-from train.config import OptimConfig, load_config, to_dict
-from train.optim import build_optimizer
-
-
-def make_state(epoch: int, step: int) -> dict:
-    torch.manual_seed(epoch)
-    model = build_model(ModelConfig(name="resnet18", num_classes=10))
-    opt = build_optimizer(model, OptimConfig(), lr=0.1)
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
-    opt.step()  # momentum buffers exist
-    cfg = load_config(None, ["data.loader=synthetic", "model.name=resnet18"])
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": None, "ema": None,
-            "epoch": epoch, "step_in_epoch": 0, "global_step": step, "config": to_dict(cfg),
-            "rng": ckpt.rng_state(), "best": [50.0, 90.0, 1], "history": [{"epoch": 0, "loss": 2.0}]}
 
 
 def test_round_trip_restores_everything(tmp_path):
@@ -40,7 +25,7 @@ def test_round_trip_restores_everything(tmp_path):
     mom = back["optimizer"]["state"][0]["momentum_buffer"]
     assert torch.equal(mom, state["optimizer"]["state"][0]["momentum_buffer"])
     assert back["config"] == state["config"] and back["history"] == state["history"]
-    ckpt.set_rng_state(back["rng"])
+    ckpt.set_rng_state(back["rng"], torch.device("cpu"))
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(expect[0], again[0]) and expect[1:] == again[1:]
 
@@ -70,14 +55,6 @@ def test_resume_auto_skips_corrupt_and_partial_files(tmp_path, capsys):
     assert ckpt.list_checkpoints(tmp_path) == [good]  # the bad ones were renamed *.corrupt
     assert len(list(tmp_path.glob("*.pt.corrupt"))) == 3
     assert ckpt.find_resume(tmp_path / "nothing") is None
-
-
-class Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path):

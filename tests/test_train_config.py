@@ -49,12 +49,33 @@ def test_yaml_and_overrides_are_typed(tmp_path):
     ("", ["data.batch_size=0"], "data.batch_size"),
     ("", ["model.name=resnet9"], "model.name"),
     ("", ["train.resize=[[5, 128], [0, 96]]"], "train.resize"),
+    ("", ["train.compile=true"], "train.compile"),  # a mode name, not a bool
+    ("", ["train.compile=fast"], "train.compile"),
+    ("", ["train.epochs=1:30"], "train.epochs"),  # YAML 1.1 sexagesimal (90) is a string under 1.2
+    ("", ["train.epochs=1_000"], "train.epochs"),
     ("", ["optim.warmup_epochs=100", "train.epochs=10"], "optim.warmup_epochs"),
 ])
 def test_errors_name_the_key(tmp_path, text, overrides, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")) as e:
         load_config(write(tmp_path, text), ["data.loader=synthetic", *overrides])
     assert "\n" not in str(e.value)
+
+
+def test_integers_follow_yaml_1_2(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 010\n  log_every: 0x10\n  eval_every: 0o7\n"),
+                      ["data.loader=synthetic"])
+    assert (cfg.train.epochs, cfg.train.log_every, cfg.train.eval_every) == (10, 16, 7)  # 010 is not octal 8
+    assert load_config(None, ["data.loader=synthetic", "run_dir=1:30"]).run_dir == "1:30"
+
+
+@pytest.mark.parametrize("overrides", [["data.pad_channels=true"], ["model.in_channels=4"],
+                                       ["data.loader=synthetic", "data.pad_channels=true"]])
+def test_pad_channels_must_match_the_stem(overrides):
+    with pytest.raises(ConfigError, match="'data.pad_channels' is .* but 'model.in_channels' is") as e:
+        load_config(None, ["data.path=x", *overrides])
+    assert "\n" not in str(e.value)
+    cfg = load_config(None, ["data.path=x", "data.pad_channels=true", "model.in_channels=4"])
+    assert cfg.model.in_channels == 4
 
 
 def test_progressive_resizing_steps():
@@ -86,6 +107,7 @@ def run_cli(args, cwd):
     (["train.epochs=many"], "'train.epochs' must be int"),
     (["train.amp=fp8"], "'train.amp'"),
     (["--config", "c.yaml"], "not safe YAML"),
+    (["data.pad_channels=true"], "'model.in_channels' is 3"),
 ])
 def test_cli_exits_2_before_any_work(tmp_path, args, key):
     (tmp_path / "c.yaml").write_text("train: !!python/object/new:dict {}\n")

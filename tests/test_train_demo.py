@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHONPATH
 
-import make_synthetic_imagenet
-import shard_imagenet
+from tools import make_synthetic_imagenet, shard_imagenet
 
 ROOT = Path(__file__).resolve().parent.parent
 

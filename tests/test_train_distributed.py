@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PYTHONPATH
+from conftest import PYTHONPATH, steps_per_epoch
+
+from pipeline.shards import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,14 +27,16 @@ def test_torchrun_two_processes_count_each_val_image_once(shards, tmp_path):
         r = subprocess.run(args + extra, env=env, capture_output=True, text=True, timeout=300)
         outs.append(r.stdout + r.stderr)
         assert r.returncode == 0, outs[-1][-4000:]
-    assert "resumed from" in outs[1] and "epoch 1, step 0 of it, global step 12" in outs[1]
+    steps = steps_per_epoch(shards, ranks=2)  # the smaller rank's full batches of 8
+    assert "resumed from" in outs[1] and f"epoch 1, step 0 of it, global step {steps}" in outs[1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["world_size"] == 2 and summary["global_batch"] == 16
     assert summary["peak_lr"] == 0.32 * 16 / 256  # lr scales with the global batch
     epochs = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [m for m in epochs if m["kind"] == "epoch"]
-    assert [(m["val_count"], m["val_expected"]) for m in epochs] == [(50, 50), (50, 50)]
+    n_val = load_split(shards, "val").num_samples
+    assert [(m["val_count"], m["val_expected"]) for m in epochs] == [(n_val, n_val)] * 2
     out = "".join(outs)
-    assert out.count("eval epoch 1: top-1") == 1  # rank 0 alone logs
-    assert "over 50 images (split has 50)" in out and "COUNT MISMATCH" not in out
-    assert "12 steps/epoch" in out  # 203 train images: 101 per rank -> 12 full batches of 8
+    assert out.count("eval epoch 1 (model): top-1") == 1  # rank 0 alone logs
+    assert f"over {n_val} images (split has {n_val})" in out and "COUNT MISMATCH" not in out
+    assert f"{steps} steps/epoch" in out

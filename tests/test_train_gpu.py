@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from conftest import PYTHONPATH
 
+from pipeline.shards import load_split
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("extra", [["train.amp=bf16"], ["train.amp=fp16"], ["train.compile=true"]],
-                         ids=["bf16", "fp16", "compile"])
+@pytest.mark.parametrize("extra", [
+    ["train.amp=bf16"], ["train.amp=fp16"], ["train.compile=default"], ["train.compile=reduce-overhead"],
+    ["data.pad_channels=true", "model.in_channels=4"]], ids=["bf16", "fp16", "compile", "cuda-graphs", "4-channels"])
 def test_gpu_run(shards, tmp_path, extra):
     env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     r = subprocess.run(
@@ -29,4 +32,5 @@ def test_gpu_run(shards, tmp_path, extra):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["finished"] and summary["mean_img_per_s"] > 0
     epochs = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["val_count"] for m in epochs if m["kind"] == "epoch"] == [50, 50]
+    n_val = load_split(shards, "val").num_samples
+    assert [m["val_count"] for m in epochs if m["kind"] == "epoch"] == [n_val, n_val]

@@ -8,7 +8,9 @@ import torch
 from model import ModelConfig, build_model, freeze_stages
 from train.amp import Precision
 from train.config import OptimConfig
+from train.engine import StepParts, train_step
 from train.optim import EMA, build_optimizer, lr_at, mix_batch, peak_lr
+from train.profile import Profiler
 
 
 def test_lr_schedule_values():
@@ -57,23 +59,27 @@ def test_frozen_params_are_left_out():
 
 
 @pytest.mark.parametrize("amp", ["bf16", "off"])
-def test_few_steps_on_a_fixed_batch_lower_the_loss(amp):
+def test_train_step_lowers_the_loss_on_a_fixed_batch(amp):
+    """engine.train_step itself: lr from the schedule, the step, the EMA; loss falls on one batch."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="resnet18", num_classes=10)).to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, OptimConfig(), lr=0.05)
-    prec = Precision(amp, torch.device("cpu"))
+    optim_cfg = OptimConfig()
+    ema = EMA(model, decay=0.5)
+    parts = StepParts(model, build_optimizer(model, optim_cfg, lr=0.05), Precision(amp, torch.device("cpu")),
+                      torch.nn.CrossEntropyLoss(label_smoothing=0.1), ema, optim_cfg, total_steps=100,
+                      warmup_steps=2, peak_lr=0.05, mix_seed=0)
+    off = Profiler(False, "", torch.device("cpu"), 0)
     images = torch.randn(16, 3, 32, 32).to(torch.float16, memory_format=torch.channels_last)
     labels = torch.arange(16) % 10
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    losses = []
-    for _ in range(12):
-        with prec.autocast():
-            loss = crit(model(prec.inputs(images)), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    losses, lrs = [], []
+    for step in range(12):
+        loss, lr = train_step(parts, images, labels, step, off)
         losses.append(loss.item())
+        lrs.append(lr)
     assert losses[-1] < 0.5 * losses[0], losses
+    assert lrs == [lr_at(s, 100, 2, 0.05) for s in range(12)] and parts.optimizer.param_groups[0]["lr"] == lrs[-1]
+    assert loss.dtype == torch.float32 and not loss.requires_grad
+    assert not torch.equal(ema.module.fc.weight, model.fc.weight)  # the EMA lags the weights it follows
 
 
 def test_ema_tracks_weights():

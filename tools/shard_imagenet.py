@@ -26,15 +26,12 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules when run as a script
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the project's packages
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.shards import INFO_NAME, SPLIT_ALIASES  # noqa: E402
-
-from imagenet_sources import SourceError, list_split  # noqa: E402
-from shard_writer import ImageOptions, atomic_write, write_shard  # noqa: E402
+from pipeline.atomic import TMP, atomic_write
+from pipeline.shards import INFO_NAME, SPLIT_ALIASES
+from tools.imagenet_sources import SourceError, list_split
+from tools.shard_writer import ImageOptions, write_shard
 
 VERSION = "1.0"
 PREFIX = "imagenet1k"
@@ -109,7 +106,7 @@ def prepare_out(out: Path, fp: dict) -> None:
         if prev_fp != fp:
             raise UsageError(f"{out}: holds other data or shards from other arguments; use an empty folder")
     state.mkdir(parents=True, exist_ok=True)
-    for f in list(out.glob("*.tmp*")) + list(state.glob("*.tmp*")):
+    for f in list(out.glob(f".*{TMP}*")) + list(state.glob(f".*{TMP}*")):  # a killed run's temp files
         f.unlink()
     atomic_write(state / "args.json", json.dumps(fp, sort_keys=True).encode())
 
@@ -211,7 +208,7 @@ def main(argv=None) -> int:
             info = run(args)
             print(summarize(info, time.perf_counter() - t0))
         if args.verify:
-            from verify_shards import verify  # noqa: PLC0415 (only --verify needs it)
+            from tools.verify_shards import verify  # only --verify needs it
 
             problems = verify(args.out, decode=args.check == "decode")
             for p in problems:

@@ -1,14 +1,12 @@
 """Writing one shard: image hygiene, the tar, and its DALI index in the same pass.
 
-A shard is the unit of work and of resume: written under a temporary name, fsynced, then renamed
-(index first, tar last), so a final `.tar` name always means a complete shard with its index. A
-failed write (disk full, read-only output) deletes the temporary files and raises OSError with the
-shard's path as `filename`.
+A shard is the unit of work and of resume: written atomically (pipeline/atomic.py), index first,
+tar last, so a final `.tar` name always means a complete shard with its index. A failed write
+(disk full, read-only output) leaves no temporary file and raises OSError naming the shard.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from pipeline.atomic import atomic_file, atomic_write
 from pipeline.shards import TAR_BLOCK, Member, format_idx, idx_path
 
 RECORD = 20 * TAR_BLOCK  # tar pads the archive to a whole record (GNU/Python default)
@@ -98,52 +97,26 @@ class TarIndexWriter:
         self._write(b"\0" * (2 * TAR_BLOCK + (-end % RECORD)))
 
 
-def atomic_write(path, data: bytes) -> None:
-    """Write `data` to `path` via a fsynced temporary file and a rename. On failure no temporary
-    file is left and the OSError names `path`."""
-    path, tmp = str(path), f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OSError(e.errno, e.strerror, path) from None
-
-
 def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOptions) -> dict:
     """Write `samples` (tools.imagenet_sources.Sample) to `tar_path` + its index, atomically.
 
     Returns the shard's manifest record: file, count, bytes, sha256, skipped and re-encoded files.
     """
-    tmp = f"{tar_path}.tmp{os.getpid()}"
-    idx = str(idx_path(tar_path))
     skipped, reencoded = [], []
-    try:
-        with open(tmp, "wb") as f:
-            w = TarIndexWriter(f)
-            for s in samples:
-                try:
-                    jpg, width, height, note = prepare_image(s.read(), opt)
-                except BadImage as e:
-                    skipped.append({"file": s.name, "reason": str(e)})
-                    continue
-                if note:
-                    reencoded.append({"file": s.name, "reason": note})
-                meta = {"wnid": s.wnid, "filename": s.name, "width": width, "height": height}
-                w.add_sample(s.key, [("jpg", jpg), ("cls", str(labels[s.wnid]).encode()),
-                                     ("json", json.dumps(meta, sort_keys=True).encode())])
-            w.close()
-            f.flush()
-            os.fsync(f.fileno())
-        atomic_write(idx, format_idx(w.samples).encode())
-        os.replace(tmp, tar_path)  # the commit point: a final .tar name means a complete shard
-    except OSError as e:  # ENOSPC, EROFS...: no partial file under any name; name the shard
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OSError(e.errno, e.strerror, tar_path if e.filename in (None, tmp, idx) else e.filename) from None
+    with atomic_file(tar_path) as f:  # the commit point: a final .tar name means a complete shard
+        w = TarIndexWriter(f)
+        for s in samples:
+            try:
+                jpg, width, height, note = prepare_image(s.read(), opt)
+            except BadImage as e:
+                skipped.append({"file": s.name, "reason": str(e)})
+                continue
+            if note:
+                reencoded.append({"file": s.name, "reason": note})
+            meta = {"wnid": s.wnid, "filename": s.name, "width": width, "height": height}
+            w.add_sample(s.key, [("jpg", jpg), ("cls", str(labels[s.wnid]).encode()),
+                                 ("json", json.dumps(meta, sort_keys=True).encode())])
+        w.close()
+        atomic_write(idx_path(tar_path), format_idx(w.samples).encode())  # the index before the tar
     return {"file": os.path.basename(tar_path), "count": len(w.samples), "bytes": w.pos,
             "sha256": w.sha.hexdigest(), "skipped": skipped, "reencoded": reencoded}

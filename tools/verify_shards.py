@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from pipeline.check import shard_problems
-from pipeline.shards import INFO_NAME, idx_path, read_idx
+from pipeline.shards import INFO_NAME
 
 
 def _sha256(path: Path) -> str:
@@ -39,9 +39,5 @@ def verify(out: Path, decode: bool = True) -> list[str]:
                 continue
             if tar.stat().st_size != size or _sha256(tar) != sha:
                 problems.append(f"{tar}: size or sha256 differs from {INFO_NAME}")
-            found = list(shard_problems(tar, num_classes, decode))
-            problems += found
-            listed = len(read_idx(idx_path(tar))) if not found and idx_path(tar).exists() else count
-            if listed != count:
-                problems.append(f"{tar}: {listed} samples, {INFO_NAME} says {count}")
+            problems += shard_problems(tar, num_classes, decode, expected=count)
     return problems

@@ -2,10 +2,10 @@
 
 A checkpoint is a dict of tensors and plain Python values (the config as a dict, RNG states as
 tensors and lists), so the restricted unpickler can read it and a file that would run code on
-load is refused. Files are `RUN_DIR/ckpt-e{epoch:04d}-s{step:08d}.pt`, written to a temporary
-file in the same folder, flushed, fsynced and renamed over the target, then the folder is
-fsynced: a crash leaves either the old file or the complete new one, never a partial one. A
-failed write (disk full, read-only folder) removes its temporary file and raises CheckpointError.
+load is refused. Files are `RUN_DIR/ckpt-e{epoch:04d}-s{step:08d}.pt`, written atomically
+(pipeline/atomic.py: a crash leaves either the old file or the complete new one, never a partial
+one). A failed write (disk full, read-only folder) leaves no temporary file and raises
+CheckpointError.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import TMP, atomic_file, fsync_dir, temp_path
+
 FORMAT = 1
 NAME = re.compile(r"^ckpt-e(\d{4,})-s(\d{8,})\.pt$")
 BEST = "best.pt"
-TMP = ".tmp-"  # `.{name}.tmp-{pid}`: a write in progress, or a killed writer's leftover
 REQUIRED = ("format", "model", "optimizer", "epoch", "step_in_epoch", "global_step", "config", "rng")
 
 
@@ -35,53 +36,39 @@ def checkpoint_name(epoch: int, global_step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{global_step:08d}.pt"
 
 
-def rng_state() -> dict:
-    """Torch CPU/CUDA, Python and NumPy RNG states as tensors and lists (weights_only-safe)."""
+def rng_state(device: torch.device) -> dict:
+    """Torch CPU, Python and NumPy RNG states, and `device`'s own CUDA RNG (no other GPU is touched,
+    so no context is created on it), as tensors and lists (weights_only-safe)."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None,
         "python": [version, list(mt), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Inverse of rng_state (CUDA states only where this machine has the same GPU count)."""
+def set_rng_state(state: dict, device: torch.device, cuda_state: torch.Tensor | None = None) -> None:
+    """Inverse of rng_state; `cuda_state` (this rank's own, when the checkpoint holds one per
+    rank) goes to `device` only."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if cuda_state is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(cuda_state, device)
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save `obj` to `path` atomically (temp file in the same folder + fsync + rename).
-    CheckpointError naming `path` when it cannot be written; no temporary file is left."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP}{os.getpid()}")
+    """torch.save `obj` to `path` atomically (pipeline/atomic.py). CheckpointError naming `path`
+    when it cannot be written; no temporary file is left."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except OSError as e:  # ENOSPC, EROFS, EIO...
         raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, run_dir: str | Path, keep_last: int, is_best: bool) -> Path:
@@ -93,12 +80,12 @@ def save_checkpoint(state: dict, run_dir: str | Path, keep_last: int, is_best: b
     atomic_save({"format": FORMAT, **state}, path)
     if is_best:
         # A hard link shares the bytes; replace it atomically like any other write.
-        tmp = run_dir / f".{BEST}{TMP}{os.getpid()}"
+        tmp = temp_path(run_dir / BEST)
         tmp.unlink(missing_ok=True)
         try:
             os.link(path, tmp)
             os.replace(tmp, run_dir / BEST)
-            _fsync_dir(run_dir)
+            fsync_dir(run_dir)
         except OSError:
             tmp.unlink(missing_ok=True)
             atomic_save({"format": FORMAT, **state}, run_dir / BEST)

@@ -3,7 +3,8 @@
     cfg = load_config("configs/demo.yaml", ["optim.base_lr=0.2", "train.epochs=3"])
 
 YAML is read with a SafeLoader subclass (no Python tags, so `!!python/object` is refused) that
-follows YAML 1.2 for scalars: only true/false are booleans (`amp: off` stays the string "off")
+follows YAML 1.2 for scalars: only true/false are booleans (`amp: off` stays the string "off"),
+`010` is the integer 10 (not octal 8), `1:30` is a string (not 90)
 and `5e-5` is a float (PyYAML's YAML 1.1 rules read it as a string). Every key is checked
 against the dataclass fields and every value against the field's type; a problem raises
 ConfigError with a one-line message naming the dotted key.
@@ -24,6 +25,7 @@ from model import ModelConfig
 from pipeline.config import DataConfig
 
 AMP_MODES = ("bf16", "fp16", "off")
+COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,9 @@ class TrainConfig:
     epochs: int = 90
     amp: str = "bf16"  # bf16 | fp16 (with GradScaler) | off
     channels_last: bool = True
-    compile: bool = False  # torch.compile the training model (first steps are slow)
+    # torch.compile mode for the training model: none | default | max-autotune | reduce-overhead
+    # (CUDA graphs). The first steps of each image size compile (outside the timed region).
+    compile: str = "none"
     eval_every: int = 1  # epochs between exact validations (the last epoch is always evaluated)
     log_every: int = 100  # steps between log lines (the only host syncs of the hot loop)
     deterministic: bool = False  # deterministic kernels, no cudnn.benchmark: bit-exact resume
@@ -90,13 +94,23 @@ class Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and floats."""
+    """SafeLoader with YAML 1.2 (core schema) booleans, integers and floats."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """YAML 1.2 integers: decimal (`010` is 10), `0o17` octal, `0x1f` hex; no `1:30` or `1_000`."""
+        text = self.construct_scalar(node)
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
 
 
+_YAML11 = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
 _Loader.yaml_implicit_resolvers = {
-    k: [r for r in v if r[0] not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    k: [r for r in v if r[0] not in _YAML11] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
@@ -182,6 +196,7 @@ def validate(cfg: Config) -> None:
         ("optim.cutmix_alpha", o.cutmix_alpha >= 0, "must be >= 0"),
         ("train.epochs", t.epochs >= 1, "must be >= 1"),
         ("train.amp", t.amp in AMP_MODES, f"must be one of {AMP_MODES}"),
+        ("train.compile", t.compile in COMPILE_MODES, f"must be one of {COMPILE_MODES}"),
         ("train.eval_every", t.eval_every >= 1, "must be >= 1"),
         ("train.log_every", t.log_every >= 1, "must be >= 1"),
         ("train.resize", all(len(p) == 2 and p[0] >= 0 and p[1] >= 32 for p in t.resize)
@@ -196,6 +211,16 @@ def validate(cfg: Config) -> None:
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config: '{key}' {why}")
+    cross_check(cfg)
+
+
+def cross_check(cfg: Config) -> None:
+    """Fields that must agree with each other; ConfigError naming both keys, before any work."""
+    channels = 4 if cfg.data.pad_channels else 3
+    if cfg.model.in_channels != channels:
+        raise ConfigError(f"config: 'data.pad_channels' is {str(cfg.data.pad_channels).lower()} ({channels} input "
+                          f"channels) but 'model.in_channels' is {cfg.model.in_channels}; set both (true and 4, "
+                          "or false and 3)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -23,6 +23,7 @@ class DistInfo:
     world: int
     local_rank: int
     device: torch.device
+    local_world: int = 1  # ranks on this node (they share its cores)
 
     @property
     def is_main(self) -> bool:
@@ -34,6 +35,7 @@ def setup() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -45,7 +47,7 @@ def setup() -> DistInfo:
         timeout = timedelta(minutes=30)
         dist.init_process_group(backend, store=_restart_safe_store(world, timeout), rank=rank, world_size=world,
                                 timeout=timeout, **kwargs)
-    return DistInfo(rank, world, local_rank, device)
+    return DistInfo(rank, world, local_rank, device, local_world)
 
 
 def _restart_safe_store(world: int, timeout: timedelta) -> dist.Store | None:
@@ -85,6 +87,24 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def all_gather(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's `t` (same shape on every rank), in rank order; [t] for one process."""
+    if info.world == 1:
+        return [t]
+    out = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(out, t)
+    return out
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_now(code: int) -> None:
+    """Leave at once after a fatal error on one rank: no collective, no process-group teardown that
+    would wait for ranks still inside a collective. torchrun sees the exit and stops the other ranks
+    at once, instead of NCCL's timeout (30 min) running out first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

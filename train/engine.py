@@ -1,10 +1,10 @@
 """The hot loop: one epoch of training steps, timed, with no host sync between log points.
 
-Per step the host only launches work: it reads no device value, so it runs ahead of the GPU
-and the next batch's DALI work overlaps this one's compute. Every `log_every` steps (and at the
-end of the epoch) one all-reduce + `.tolist()` syncs: that is where loss, throughput and the
-stop flag of all ranks are read. Time blocked in `next(batches)` is data wait; the rest of an
-interval's wall time is compute (exact at log points, because the log syncs).
+Per step the host only launches work: it reads no device value, so it runs ahead of the GPU and
+the next batch's input work overlaps this one's compute. Every `log_every` steps (and at the end
+of the epoch) one all-reduce + `.tolist()` syncs: that is where loss, throughput and the stop flag
+of all ranks are read. Time blocked in `next(batches)` is data wait; the rest of an interval's
+wall time is compute (exact at log points, because the log syncs).
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.loader import Loader
+from pipeline.base import Loader
 from train.amp import Precision
+from train.backend import sync
 from train.distributed import DistInfo, all_reduce_sum
-from train.log import WAIT_EDGES_MS, MetricsLog, format_step, peak_memory_mb
+from train.metrics_log import MetricsLog, peak_memory_mb
 from train.optim import EMA, OptimConfig, lr_at, mix_batch
 from train.profile import Profiler
+from train.report import format_step
+from train.summary import WAIT_EDGES_MS
 
 WARMUP_STEPS = 3  # steps per epoch left out of the epoch's timed region (compile, autotune, prefetch fill)
 
@@ -76,11 +79,6 @@ class EpochResult:
     wait_hist: list[int]  # this rank's steps per data-wait bucket (WAIT_EDGES_MS)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, global_step: int,
                prof: Profiler) -> tuple[torch.Tensor, float]:
     """One optimizer step on one batch; returns (loss as a detached fp32 device scalar, lr).
@@ -107,92 +105,110 @@ def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, glo
     return loss.detach().float(), lr
 
 
+class StepMeter:
+    """One epoch's timing: data wait apart from compute, a timed region that starts after warm-up,
+    running loss sums kept on the device (read only at log points)."""
+
+    def __init__(self, info: DistInfo, start_step: int, steps: int, global_batch: int):
+        self.info, self.global_batch = info, global_batch
+        self.t_epoch = self.t_interval = self.t_timed = time.perf_counter()
+        self.timed_from = min(start_step + WARMUP_STEPS, steps - 1)
+        self.loss_interval = torch.zeros((), device=info.device)
+        self.loss_epoch = torch.zeros((), device=info.device)
+        self.wait_interval = self.wait_timed = 0.0
+        self.steps_interval = 0
+        self.hist = [0] * (len(WAIT_EDGES_MS) + 1)
+
+    def begin(self, step: int) -> None:
+        """Call before fetching a step's batch; the timed region starts at warm-up's end."""
+        if step == self.timed_from:
+            sync(self.info.device)  # once per epoch: warm-up work stays out of the timed region
+            self.t_timed, self.wait_timed = time.perf_counter(), 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.wait_interval += seconds
+        self.wait_timed += seconds
+        self.hist[bisect.bisect_right(WAIT_EDGES_MS, 1000 * seconds)] += 1
+
+    def stepped(self, loss: torch.Tensor) -> None:
+        self.loss_interval += loss
+        self.steps_interval += 1
+
+    def interval(self, stop_requested: bool) -> tuple[dict, bool]:
+        """The log interval's figures (all ranks) and whether any rank asked to stop. Syncs."""
+        dev, world = self.info.device, self.info.world
+        vals = torch.stack([self.loss_interval, torch.tensor(self.wait_interval, device=dev),
+                            torch.tensor(float(stop_requested), device=dev)])
+        loss_sum, wait_sum, stops = all_reduce_sum(vals, self.info).tolist()
+        now = time.perf_counter()
+        dt, n = now - self.t_interval, self.steps_interval
+        figures = {"loss": loss_sum / (world * n), "img_per_s": self.global_batch * n / dt,
+                   "data_ms": 1000 * wait_sum / world / n, "compute_ms": 1000 * (dt - wait_sum / world) / n,
+                   "peak_mem_mb": peak_memory_mb(dev)}
+        self.close_interval()
+        self.t_interval = now
+        return figures, stops > 0
+
+    def close_interval(self) -> None:
+        self.loss_epoch += self.loss_interval
+        self.loss_interval.zero_()
+        self.wait_interval, self.steps_interval = 0.0, 0
+
+    def result(self, steps_done: int, last_step: int, global_step: int, stopped: bool) -> EpochResult:
+        """The epoch's figures (all ranks; syncs). `last_step` is the last step run."""
+        t_end = time.perf_counter()
+        timed_steps, t_timed = last_step + 1 - self.timed_from, self.t_timed
+        if timed_steps <= 0:  # too short to leave warm-up out: time everything
+            timed_steps, t_timed = steps_done, self.t_epoch
+        timed_s = max(t_end - t_timed, 1e-9)
+        world = self.info.world
+        wait_sum, loss_sum = all_reduce_sum(
+            torch.stack([torch.tensor(self.wait_timed, device=self.info.device), self.loss_epoch]), self.info).tolist()
+        return EpochResult(steps_done=steps_done, global_step=global_step, stopped=stopped,
+                           loss=loss_sum / world / max(steps_done, 1),
+                           img_per_s=self.global_batch * timed_steps / timed_s,
+                           data_wait_fraction=min(1.0, wait_sum / world / timed_s),
+                           train_s=t_end - self.t_epoch, wait_hist=self.hist)
+
+
 def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, global_step: int,
                 log_every: int, info: DistInfo, log: MetricsLog, stop: StopFlag, profiler: Profiler,
                 fault: Callable[[int, int], None] | None = None) -> EpochResult:
-    """Run steps start_step..len(loader)-1 of `epoch` (skipping the first start_step batches, as
-    after a mid-epoch resume). `fault(epoch, step)`, if given, runs before each step (tests only:
+    """Run steps start_step..len(loader)-1 of `epoch` (after a mid-epoch resume the loader skips
+    the batches already done). `fault(epoch, step)`, if given, runs before each step (tests only:
     train/fault.py). Returns the epoch's numbers; see EpochResult."""
-    n, dev, world = len(loader), info.device, info.world
-    global_batch = loader.batch_size * world
+    n = len(loader)
+    meter = StepMeter(info, start_step, n, loader.batch_size * info.world)
     parts.model.train()
-    batches = iter(loader.epoch(epoch))
-    for _ in range(start_step):  # same order as the uninterrupted run: (seed, epoch, rank) only
-        next(batches)
+    batches = iter(loader.epoch(epoch, skip=start_step))
     bar = tqdm(total=n, initial=start_step, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=None if info.is_main else True)
     log.write = bar.write if info.is_main else print
-    t_epoch = t_last = time.perf_counter()
-    loss_interval = torch.zeros((), device=dev)  # device-side running sums: no sync per step
-    loss_epoch = torch.zeros((), device=dev)
-    wait_interval = wait_timed = 0.0
-    wait_hist = [0] * (len(WAIT_EDGES_MS) + 1)
-    steps_interval, timed_from, t_timed = 0, min(start_step + WARMUP_STEPS, n - 1), t_epoch
     stopped, step = False, start_step
     for step in range(start_step, n):
         if fault is not None:
             fault(epoch, step)
-        if step == timed_from:
-            _sync(dev)  # once per epoch: start the timed region after warm-up
-            t_timed, wait_timed = time.perf_counter(), 0.0
+        meter.begin(step)
         t0 = time.perf_counter()
         with profiler.range("data"):
             images, labels = next(batches)
-        wait = time.perf_counter() - t0
-        wait_interval += wait
-        wait_timed += wait
-        wait_hist[bisect.bisect_right(WAIT_EDGES_MS, 1000 * wait)] += 1
-
+        meter.waited(time.perf_counter() - t0)
         loss, lr = train_step(parts, images, labels, global_step, profiler)
-        loss_interval += loss
+        meter.stepped(loss)
         global_step += 1
-        steps_interval += 1
         bar.update(1)
         profiler.step()
-
-        last = step == n - 1
-        if (step + 1) % log_every == 0 or last:
-            # The only sync: sums over ranks of (loss, data wait, stop requests).
-            vals = torch.stack([loss_interval, torch.tensor(wait_interval, device=dev),
-                                torch.tensor(float(stop.requested), device=dev)])
-            loss_sum, wait_sum, stops = all_reduce_sum(vals, info).tolist()
-            now = time.perf_counter()
-            dt = now - t_last
-            m = {
-                "epoch": epoch, "lr": lr, "loss": loss_sum / (world * steps_interval),
-                "img_per_s": global_batch * steps_interval / dt,
-                "data_ms": 1000 * wait_sum / world / steps_interval,
-                "compute_ms": 1000 * (dt - wait_sum / world) / steps_interval,
-                "peak_mem_mb": peak_memory_mb(dev),
-            }
+        if (step + 1) % log_every == 0 or step == n - 1:  # the only sync
+            figures, stopped = meter.interval(stop.requested)
+            m = {"epoch": epoch, "lr": lr, **figures}
             log.line(format_step(epoch, step + 1, n, m))
             log.record("train", global_step, m)
-            loss_epoch += loss_interval
-            loss_interval.zero_()
-            wait_interval, steps_interval, t_last = 0.0, 0, now
-            stopped = stops > 0
-        elif world == 1 and stop.requested:
+        elif info.world == 1 and stop.requested:
             stopped = True  # one process: no one to agree with, stop after this step
-            loss_epoch += loss_interval
+            meter.close_interval()
         if stopped:
             break
-    t_end = time.perf_counter()
     bar.close()
     log.write = print
     steps_done = step + 1 - start_step if n > start_step else 0
-    timed_steps = step + 1 - timed_from
-    if timed_steps <= 0:  # too short to leave warm-up out: time everything
-        timed_steps, t_timed = steps_done, t_epoch
-    timed_s = max(t_end - t_timed, 1e-9)
-    wait_sum, loss_sum = all_reduce_sum(
-        torch.stack([torch.tensor(wait_timed, device=dev), loss_epoch]), info).tolist()
-    return EpochResult(
-        steps_done=steps_done,
-        global_step=global_step,
-        stopped=stopped,
-        loss=loss_sum / world / max(steps_done, 1),
-        img_per_s=global_batch * timed_steps / timed_s,
-        data_wait_fraction=min(1.0, wait_sum / world / timed_s),
-        train_s=t_end - t_epoch,
-        wait_hist=wait_hist,
-    )
+    return meter.result(steps_done, step, global_step, stopped)

@@ -3,7 +3,7 @@
 Exit codes: 0 done (or stopped cleanly by SIGTERM/SIGINT/stop_after_epoch, with a checkpoint),
 2 bad config, data that does not fit it, unusable checkpoint/weights (one line on stderr, before
 any training), or a bad shard met while training or a checkpoint that cannot be written (one line
-on stderr naming the file).
+on stderr naming the file); 1 an input pipeline failure that is not about the data (one line).
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import torch
 from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict
+from pipeline.dali import PipelineError
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError
 from train import checkpoint as ckpt
 from train import distributed, fault
 from train.amp import Precision
+from train.backend import configure_backends
 from train.config import Config, ConfigError, load_config, to_dict, to_yaml
 from train.distributed import DistInfo
 from train.engine import StepParts, StopFlag, train_epoch
 from train.evaluate import evaluate
-from train.log import MetricsLog, format_eval, provenance, summarize, write_summary
+from train.metrics_log import MetricsLog
 from train.optim import EMA, build_optimizer, peak_lr
 from train.profile import Profiler
+from train.provenance import provenance
+from train.report import format_eval, format_summary
+from train.summary import summarize, write_summary
 
 
 def image_size_at(epoch: int, resize: list[list[int]], default: int) -> int:
@@ -49,11 +54,7 @@ def set_determinism(cfg: Config) -> None:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    # warn_only: CUDA has no deterministic AdaptiveAvgPool2d backward; bit-exactness is a CPU promise.
-    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
-    torch.backends.cuda.matmul.allow_tf32 = True  # only fp32 matmuls outside autocast; cudnn convs
-    torch.backends.cudnn.allow_tf32 = True  # already allow TF32
+    configure_backends(cfg.train.deterministic)
 
 
 def find_start(cfg: Config, info: DistInfo) -> tuple[str, dict] | None:
@@ -95,23 +96,30 @@ class Progress:
     epoch: int = 0  # epochs completed: the epoch to run next
     step_in_epoch: int = 0  # steps of `epoch` already run (after a mid-epoch stop)
     global_step: int = 0  # optimizer steps so far: drives the lr schedule
-    best: list = field(default_factory=lambda: [-1.0, -1.0, -1])  # top-1 %, top-5 %, epoch
+    # best.pt: its top-1/top-5 (%), epoch, and which weights scored them ("model" or "ema")
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": -1.0, "epoch": -1, "weights": "model"})
     history: list[dict] = field(default_factory=list)  # one record per epoch run
 
 
-def checkpoint_state(p: Progress, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
-                     ema: EMA | None, cfg: Config) -> dict:
-    """Everything a resume needs, as tensors and plain values (loads with weights_only=True)."""
+def checkpoint_state(progress: Progress, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
+                     ema: EMA | None, cfg: Config, selected: str, info: DistInfo) -> dict:
+    """Everything a resume needs, as tensors and plain values (loads with weights_only=True).
+    `selected_weights` names the weights this checkpoint's evaluation found better ("model" or
+    "ema"): what deploy exports. Collective: every rank's own GPU RNG state is gathered."""
+    rng = ckpt.rng_state(info.device)
+    if rng["cuda"] is not None:
+        rng["cuda"] = [s.cpu() for s in distributed.all_gather(rng["cuda"].to(info.device), info)]
     return {
         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None,
-        "epoch": p.epoch, "step_in_epoch": p.step_in_epoch, "global_step": p.global_step,
-        "best": p.best, "history": p.history, "config": to_dict(cfg), "rng": ckpt.rng_state(),
+        "ema": ema.state_dict() if ema is not None else None, "selected_weights": selected,
+        "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch, "global_step": progress.global_step,
+        "best": progress.best, "history": progress.history, "config": to_dict(cfg), "rng": rng,
     }
 
 
-def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision, ema: EMA | None) -> Progress:
+def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision, ema: EMA | None,
+            info: DistInfo) -> Progress:
     """Load a checkpoint's optimizer, scaler, EMA and RNG states (the model is loaded before it
     moves to its device); return its Progress."""
     optimizer.load_state_dict(state["optimizer"])
@@ -119,44 +127,71 @@ def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision,
         precision.scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema"):
         ema.load_state_dict(state["ema"])
-    ckpt.set_rng_state(state["rng"])
+    cuda = state["rng"].get("cuda")
+    ckpt.set_rng_state(state["rng"], info.device, cuda[info.rank] if cuda and len(cuda) == info.world else None)
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
-                    list(state.get("best", Progress().best)), list(state.get("history", [])))
+                    dict(state.get("best") or Progress().best), list(state.get("history", [])))
 
 
 def evaluate_all(net: nn.Module, ema: EMA | None, val_loader, epoch: int, precision: Precision, info: DistInfo,
                  log: MetricsLog) -> dict:
-    """Exact validation of the model (and its EMA): the epoch record's eval fields. "select_top1/5"
-    are the numbers best.pt is chosen by: the EMA's when there is one (that is what ships)."""
+    """Exact validation of the model and of its EMA (one validation pipeline, reused): the epoch
+    record's eval fields. "selected" names the better of the two, whose top-1/5 best.pt is chosen by."""
     t0 = time.perf_counter()
     m = evaluate(net, val_loader, epoch, precision, info)
-    log.line(format_eval(epoch, m))
+    log.line(format_eval(epoch, m, "model"))
     out = {"top1": m["top1"], "top5": m["top5"], "val_count": m["count"], "val_expected": m["expected"],
-           "select_top1": m["top1"], "select_top5": m["top5"]}
+           "selected": "model", "select_top1": m["top1"], "select_top5": m["top5"]}
     if ema is not None:
         e = evaluate(ema.module, val_loader, epoch, precision, info)
-        log.line("EMA " + format_eval(epoch, e))
-        out.update(ema_top1=e["top1"], ema_top5=e["top5"], select_top1=e["top1"], select_top5=e["top5"])
+        log.line(format_eval(epoch, e, "EMA"))
+        out.update(ema_top1=e["top1"], ema_top5=e["top5"])
+        if e["top1"] > m["top1"]:
+            out.update(selected="ema", select_top1=e["top1"], select_top5=e["top5"])
     out["eval_s"] = time.perf_counter() - t0
     return out
+
+
+def build_loaders(cfg: Config, info: DistInfo):
+    """(train, val) loaders; a batch or rank count that does not fit the shards is a ConfigError."""
+    args = (info.rank, info.world, info.device, cfg.model.num_classes, info.local_world)
+    try:
+        train = build_loader(cfg.data, "train", *args)
+        val = build_loader(cfg.data, "val", *args)
+    except ShardError:
+        raise
+    except ValueError as e:  # no full batch per rank, more ranks than samples
+        raise ConfigError(f"config: {e}") from None
+    classes = train.split.classes
+    if classes and len(classes) != cfg.model.num_classes:
+        raise ConfigError(f"config: 'model.num_classes' is {cfg.model.num_classes} but {cfg.data.path} "
+                          f"has {len(classes)}")
+    train.set_image_size(lambda epoch: image_size_at(epoch, cfg.train.resize, cfg.data.image_size))
+    return train, val
+
+
+def build_net(cfg: Config, start: tuple[str, dict] | None, log: MetricsLog) -> nn.Module:
+    """The model with its starting weights (a checkpoint's, fine-tuning weights', or fresh)."""
+    net = build_model(cfg.model)
+    finetune = cfg.train.finetune
+    if finetune.weights and start is None:
+        skipped = load_weights(net, finetune.weights)
+        log.line(f"fine-tuning from {finetune.weights}; fresh head: {skipped or 'none'}")
+    if start is not None:
+        try:
+            net.load_state_dict(start[1]["model"])
+        except RuntimeError as e:
+            raise ckpt.CheckpointError(f"{start[0]}: does not fit {cfg.model.name} ({str(e).splitlines()[0]}); "
+                                       "set checkpoint.resume=none or another run_dir") from None
+    freeze_stages(net, finetune.freeze_stages)  # before the optimizer: frozen params are left out
+    return net
 
 
 def run(cfg: Config, info: DistInfo) -> int:
     t_start = time.perf_counter()
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
-    # Data first: a batch or rank count that does not fit the shards stops before any output.
-    n_cls = cfg.model.num_classes
-    try:
-        train_loader = build_loader(cfg.data, "train", info.rank, info.world, dev, n_cls)
-        val_loader = build_loader(cfg.data, "val", info.rank, info.world, dev, n_cls)
-    except ShardError:
-        raise
-    except ValueError as e:  # pipeline.loader: no full batch per rank, more ranks than samples
-        raise ConfigError(f"config: {e}") from None
-    classes = train_loader.split.classes
-    if classes and len(classes) != n_cls:
-        raise ConfigError(f"config: 'model.num_classes' is {n_cls} but {cfg.data.path} has {len(classes)}")
+    train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,88 +203,91 @@ def run(cfg: Config, info: DistInfo) -> int:
     log.record("provenance", 0, {**prov, "config": to_dict(cfg)})
 
     start = find_start(cfg, info)
-    net = build_model(cfg.model)
-    ft = cfg.train.finetune
-    if ft.weights and start is None:
-        skipped = load_weights(net, ft.weights)
-        log.line(f"fine-tuning from {ft.weights}; fresh head: {skipped or 'none'}")
-    if start is not None:
-        try:
-            net.load_state_dict(start[1]["model"])
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(f"{start[0]}: does not fit {cfg.model.name} ({str(e).splitlines()[0]}); "
-                                       "set checkpoint.resume=none or another run_dir") from None
-    freeze_stages(net, ft.freeze_stages)  # before the optimizer: frozen params are left out
+    net = build_net(cfg, start, log)
     gflop = flops_per_image(net, cfg.data.image_size).flops / 1e9
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    net.to(dev, memory_format=fmt)
+    net.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
 
     global_batch = cfg.data.batch_size * info.world
-    peak = peak_lr(cfg.optim, global_batch, ft.lr_scale if ft.weights else 1.0)
+    finetune = cfg.train.finetune
+    peak = peak_lr(cfg.optim, global_batch, finetune.lr_scale if finetune.weights else 1.0)
     optimizer = build_optimizer(net, cfg.optim, peak, fused=dev.type == "cuda")
     precision = Precision(cfg.train.amp, dev)
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    p = Progress()
+    progress = Progress()
     if start is not None:
-        p = restore(start[1], optimizer, precision, ema)
-        log.line(f"resumed from {start[0]}: epoch {p.epoch}, step {p.step_in_epoch} of it, "
-                 f"global step {p.global_step}")
+        progress = restore(start[1], optimizer, precision, ema, info)
+        log.line(f"resumed from {start[0]}: epoch {progress.epoch}, step {progress.step_in_epoch} of it, "
+                 f"global step {progress.global_step}")
 
     model: nn.Module = net
     if info.world > 1:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
-    if cfg.train.compile:
-        model = torch.compile(model, dynamic=False)  # one static graph per image size
+    if cfg.train.compile != "none":  # one static graph per image size
+        model = torch.compile(model, mode=None if cfg.train.compile == "default" else cfg.train.compile, dynamic=False)
     steps = len(train_loader)  # per epoch
     total_steps = cfg.train.epochs * steps
     parts = StepParts(model, optimizer, precision, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                      ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak,
-                      cfg.data.seed)
+                      ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak, cfg.data.seed)
     log.line(f"device {dev} x {info.world} ranks; global batch {global_batch} -> peak lr {peak:.4g} "
              f"(base_lr {cfg.optim.base_lr} per 256); {steps} steps/epoch, {total_steps} total; "
-             f"{len(train_loader) * train_loader.batch_size * info.world} train / "
+             f"{steps * train_loader.batch_size * info.world} train / "
              f"{val_loader.split.num_samples} val images; {gflop:.2f} GFLOP/img forward")
 
     stop = StopFlag().install()
     profiler = Profiler(cfg.profile, run_dir, dev, info.rank)
     kill = fault.kill_hook(run_dir, info.rank, info.world)  # None unless a test sets it
-    while p.epoch < min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs):
-        train_loader.set_image_size(image_size_at(p.epoch, cfg.train.resize, cfg.data.image_size))
-        r = train_epoch(parts, train_loader, p.epoch, p.step_in_epoch, p.global_step, cfg.train.log_every,
-                        info, log, stop, profiler, kill)
-        done = p.step_in_epoch + r.steps_done == steps
-        record = {"epoch": p.epoch, "loss": r.loss, "img_per_s": r.img_per_s, "partial": not done,
-                  "data_wait_fraction": r.data_wait_fraction, "train_s": r.train_s, "data_wait_hist": r.wait_hist,
-                  "image_size": train_loader.image_size}
-        log.line(f"epoch {p.epoch} trained in {r.train_s:.1f} s: loss {r.loss:.4f}, {r.img_per_s:.0f} img/s "
-                 f"global, {100 * r.data_wait_fraction:.1f}% of the time waiting for data")
-        is_best = False
-        if done and ((p.epoch + 1) % cfg.train.eval_every == 0 or p.epoch + 1 == cfg.train.epochs):
-            record.update(evaluate_all(net, ema, val_loader, p.epoch, precision, info, log))
-            is_best = record["select_top1"] > p.best[0]
+    while progress.epoch < min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs):
+        epoch = progress.epoch
+        result = train_epoch(parts, train_loader, epoch, progress.step_in_epoch, progress.global_step,
+                             cfg.train.log_every, info, log, stop, profiler, kill)
+        done = progress.step_in_epoch + result.steps_done == steps
+        record = {"epoch": epoch, "loss": result.loss, "img_per_s": result.img_per_s, "steps": result.steps_done,
+                  "partial": not done, "data_wait_fraction": result.data_wait_fraction, "train_s": result.train_s,
+                  "data_wait_hist": result.wait_hist, "image_size": train_loader.size_at(epoch)}
+        log.line(f"epoch {epoch} trained in {result.train_s:.1f} s: loss {result.loss:.4f}, "
+                 f"{result.img_per_s:.0f} img/s global, {100 * result.data_wait_fraction:.1f}% of the time "
+                 "waiting for data")
+        is_best, selected = False, progress.best["weights"]
+        if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+            record.update(evaluate_all(net, ema, val_loader, epoch, precision, info, log))
+            selected = record["selected"]
+            is_best = record["select_top1"] > progress.best["top1"]
             if is_best:
-                p.best = [record["select_top1"], record["select_top5"], p.epoch]
-        log.record("epoch", r.global_step, record)
-        p.history.append(record)
-        p.global_step = r.global_step
-        p.epoch, p.step_in_epoch = (p.epoch + 1, 0) if done else (p.epoch, p.step_in_epoch + r.steps_done)
+                progress.best = {"top1": record["select_top1"], "top5": record["select_top5"], "epoch": epoch,
+                                 "weights": selected}
+        log.record("epoch", result.global_step, record)
+        progress.history.append(record)
+        progress.global_step = result.global_step
+        progress.epoch, progress.step_in_epoch = (epoch + 1, 0) if done else (epoch, progress.step_in_epoch
+                                                                              + result.steps_done)
+        state = checkpoint_state(progress, net, optimizer, precision, ema, cfg, selected, info)
         if main:
-            state = checkpoint_state(p, net, optimizer, precision, ema, cfg)
             log.line(f"checkpoint {ckpt.save_checkpoint(state, run_dir, cfg.checkpoint.keep_last, is_best)}")
         distributed.barrier(info)
-        if r.stopped or distributed.any_rank(stop.requested, info):
-            log.line(f"stop requested: checkpointed at epoch {p.epoch} step {p.step_in_epoch}; exiting")
+        if result.stopped or distributed.any_rank(stop.requested, info):
+            log.line(f"stop requested: checkpointed at epoch {progress.epoch} step {progress.step_in_epoch}; exiting")
             break
     profiler.close()
 
-    summary = summarize(p.history, p.best, epochs_done=p.epoch, epochs_planned=cfg.train.epochs)
+    summary = summarize(progress.history, progress.best, epochs_done=progress.epoch,
+                        epochs_planned=cfg.train.epochs)
     summary.update(wall_s=time.perf_counter() - t_start, global_batch=global_batch, peak_lr=peak,
                    world_size=info.world, device=prov["device"])
     if main:
-        log.line(write_summary(run_dir, summary))
+        write_summary(run_dir, summary)
+        log.line(format_summary(summary))
     log.close()
     return 0
+
+
+def error_line(e: Exception) -> str:
+    """The one line a fatal error is reported with."""
+    if isinstance(e, ConfigError):
+        return str(e)  # already starts with "config:"
+    if isinstance(e, OSError) and e.filename:  # disk full, read-only run_dir: name the file
+        return f"error: {e.filename}: {e.strerror}"
+    return f"error: {e}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,16 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.train.deterministic:  # cuBLAS needs this before its first use to be deterministic
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     info = distributed.setup()
+    code = 0
     try:
-        return run(cfg, info)
-    except (ConfigError, ckpt.CheckpointError, ShardError, OSError) as e:
-        if isinstance(e, ConfigError):
-            msg = str(e)  # already starts with "config:"
-        elif isinstance(e, OSError) and e.filename:  # disk full, read-only run_dir: name the file
-            msg = f"error: {e.filename}: {e.strerror}"
-        else:
-            msg = f"error: {e}"
-        print(msg, file=sys.stderr)
-        return 2
+        code = run(cfg, info)
+    except (ConfigError, ckpt.CheckpointError, ShardError, OSError, PipelineError) as e:
+        print(error_line(e), file=sys.stderr)
+        code = 1 if isinstance(e, PipelineError) else 2
+        if info.world > 1:
+            distributed.exit_now(code)  # the other ranks may be inside a collective: do not wait
     finally:
-        distributed.cleanup()
+        if code == 0 or info.world == 1:
+            distributed.cleanup()
+    return code

@@ -1,0 +1,55 @@
+"""The input pipelines cut short, for measuring them stage by stage: `read` (shard bytes only),
+`decode` (full-size decode), `train` (the whole training augmentation, as the trainer receives it).
+Built from the production loaders' own pieces, so a stage measures the code that trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from benchmarks.timing import endless
+from pipeline import baseline, dali
+from pipeline.base import Loader, epoch_seed
+
+STAGES = ("read", "decode", "train")
+
+
+def dali_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Callable | None]:
+    """(endless batches, images in a batch, bytes in a batch or None) for one DALI stage."""
+    if stage == "train":
+        return endless(loader.epoch), lambda b: len(b[1]), None
+    dec = dali.Decoder(loader.device_id, loader.cfg.hw_decoder_load)
+    stages = [] if stage == "read" else [dali.decode(dec)]
+    files, _ = loader.epoch_files(0)
+    pipe = dali.build_pipeline(loader.cfg, files, loader.rank, loader.world, loader.device_id,
+                               epoch_seed(loader.cfg.seed, 0, loader.rank), stages, loader.train, loader.threads)
+    batches = iter(pipe.run, None)  # the reader wraps around at the end of its shard
+    nbytes = (lambda b: int(sum(np.prod(s) for s in b[0].shape()))) if stage == "read" else None
+    return batches, lambda b: len(b[1]), nbytes
+
+
+def read_bytes(sample: dict, rng) -> int:
+    """The baseline's read stage: the encoded bytes' length (module-level: workers pickle it)."""
+    return len(sample["jpg"])
+
+
+def decoded_width(sample: dict, rng) -> int:
+    """The baseline's decode stage: a full PIL decode."""
+    return baseline.decode(sample).width
+
+
+def baseline_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Callable | None]:
+    """The same for the DataLoader + webdataset + PIL baseline."""
+    if stage == "train":
+        return endless(loader.epoch), lambda b: len(b[1]), None
+    transform = read_bytes if stage == "read" else decoded_width
+
+    def epoch(e: int) -> Iterator:
+        return baseline.batches(loader, baseline.make_stream(loader, e, transform), len(loader))
+
+    nbytes = (lambda b: int(b[0].sum())) if stage == "read" else None
+    return endless(epoch), lambda b: len(b[0]), nbytes
+
+
+STAGE_BUILDERS = {"dali": dali_stage, "baseline": baseline_stage}

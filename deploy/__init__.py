@@ -1,0 +1,1 @@
+"""After training: ONNX export, INT8 quantization, channel pruning and TensorRT engines."""

@@ -1,0 +1,100 @@
+"""The one interface every loader shares, and the bookkeeping they have in common.
+
+A loader yields `(images, labels)` per batch: images `N x C x H x W` float16 in
+`torch.channels_last` memory format (C = 3, or 4 with `pad_channels`), normalized with the ImageNet
+mean/std; labels int64 class indices; both on the loader's device. `len(loader)` is the number of
+batches of one epoch on this rank, known before the epoch starts and the same on every rank for
+training. Validation loaders yield every sample of the rank's share exactly once (the last batch
+may be smaller), so summing over ranks counts each validation image once.
+
+Data order: training shards are read in an order that depends only on (seed, epoch), and each
+rank reads its contiguous share of that order (DALI's reader sharding formula), so the batches of
+an epoch depend only on (seed, epoch, rank).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.config import DataConfig, dali_threads
+from pipeline.shards import SplitInfo
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, end) of rank's contiguous share of n samples (DALI's reader sharding formula)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 31-bit seed that depends only on (seed, epoch, rank): data order survives a resume."""
+    return random.Random(f"{seed}/{epoch}/{rank}").getrandbits(31)
+
+
+def shuffled_files(split: SplitInfo, seed: int, epoch: int) -> tuple[list[str], list[int]]:
+    """Shard paths and lengths in an order that depends only on (seed, epoch): tar-order shuffling
+    between epochs, the same on every rank, so ranks still read disjoint ranges."""
+    order = list(range(len(split.files)))
+    random.Random(epoch_seed(seed, epoch)).shuffle(order)
+    return [str(split.files[i]) for i in order], [split.shard_lengths[i] for i in order]
+
+
+def files_in_range(files: list[str], lengths: list[int], start: int, end: int) -> list[str]:
+    """The files holding samples [start, end) of their concatenation, in order."""
+    first = np.cumsum([0, *lengths])
+    return [f for f, s, n in zip(files, first, lengths) if s < end and s + n > start]
+
+
+class Loader:
+    """Base of every loader: sample bookkeeping, epoch lengths and the image size per epoch."""
+
+    def __init__(self, cfg: DataConfig, split: SplitInfo, rank: int, world: int, device: torch.device,
+                 train: bool, num_classes: int, local_world: int = 1):
+        self.cfg, self.split, self.rank, self.world = cfg, split, rank, world
+        self.threads = dali_threads(cfg, local_world)  # CPU threads of this rank's pipeline
+        self.device, self.train, self.num_classes = torch.device(device), train, num_classes
+        self.batch_size = cfg.batch_size
+        size = cfg.image_size if train else cfg.val_image_size
+        self.size_at: Callable[[int], int] = lambda epoch: size
+        n = split.num_samples
+        if world > n:
+            raise ValueError(f"{split.name}: {world} ranks but only {n} samples")
+        a, b = rank_range(n, rank, world)
+        self.num_samples = b - a  # samples this rank reads per epoch
+        if train:
+            self.batches = (n // world) // self.batch_size  # the smallest rank's full batches
+            if self.batches == 0:
+                raise ValueError(f"data.batch_size: {n} {split.name} samples over {world} ranks give "
+                                 f"no full batch of {self.batch_size} per rank")
+        else:
+            self.batches = math.ceil(self.num_samples / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def set_image_size(self, size_at: int | Callable[[int], int]) -> None:
+        """The crop side (px) for every epoch, or a function epoch -> px (progressive resizing).
+        Knowing the next epoch's size lets a loader prepare that epoch ahead."""
+        self.size_at = size_at if callable(size_at) else (lambda epoch, px=int(size_at): px)
+
+    def epoch_files(self, epoch: int) -> tuple[list[str], list[int]]:
+        """Every shard of the split in this epoch's reading order, with its sample count."""
+        if self.train:
+            return shuffled_files(self.split, self.cfg.seed, epoch)
+        return [str(f) for f in self.split.files], list(self.split.shard_lengths)
+
+    def rank_files(self, epoch: int) -> list[str]:
+        """The shards this rank reads in `epoch`, in order (where a bad sample must be)."""
+        files, lengths = self.epoch_files(epoch)
+        return files_in_range(files, lengths, *rank_range(sum(lengths), self.rank, self.world))
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """Batches skip..len(self)-1 of `epoch` (skip > 0 resumes mid-epoch: the same batches an
+        uninterrupted run gives); their order depends only on (seed, epoch, rank)."""
+        raise NotImplementedError
