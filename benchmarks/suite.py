@@ -12,6 +12,7 @@ img/s is global (one process here). Then the verdict: input efficiency, the limi
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -37,18 +38,27 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 
 def measured_peak(device: torch.device, amp: str) -> float:
-    """FLOP/s of a large matmul in the training dtype (what autocast runs the convs in), median of 3."""
+    """FLOP/s of a square matmul in the training dtype (what autocast runs the convs in), median of
+    3. The side doubles from 256 until one matmul takes 50 ms (8192 at most on a GPU, 2048 on a CPU),
+    so a CPU without native bf16 (a slow reference kernel) is measured in seconds, not minutes."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    runs = []
-    for _ in range(4):
+    n, largest = 256, 8192 if device.type == "cuda" else 2048
+
+    def seconds(a: torch.Tensor, reps: int) -> float:
+        sync(device)
         t0 = time.perf_counter()
-        for _ in range(3):
+        for _ in range(reps):
             a @ a
         sync(device)
-        runs.append(3 * 2 * n**3 / (time.perf_counter() - t0))
-    return sorted(runs[1:])[1]
+        return time.perf_counter() - t0
+
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        seconds(a, 1)  # warm-up
+        if n >= largest or seconds(a, 1) > 0.05:
+            break
+        n *= 2
+    return statistics.median(3 * 2 * n**3 / seconds(a, 3) for _ in range(3))
 
 
 def peak_flops(device: torch.device, given_tflops: float | None, amp: str) -> tuple[float, str]:

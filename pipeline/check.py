@@ -33,7 +33,7 @@ from pipeline.shards import (
 )
 
 REQUIRED = ("jpg", "cls")
-TAIL_BYTES = 64 * 1024  # enough for any index line
+TAIL_BYTES = 4096  # more than any index line (~130 bytes for jpg + cls + json)
 SEARCH_S = 60.0  # how long a loader looks for the sample behind a failed read
 
 

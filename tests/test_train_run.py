@@ -160,3 +160,20 @@ def test_finetune_freezes_stages_and_replaces_head(data, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["peak_lr"] == pytest.approx(2.0 * 8 / 256 * 0.1)
     assert (tmp_path / "run" / "profile" / "trace-rank0.json").stat().st_size > 0
+
+
+def test_distillation_from_the_reference_run(data, reference, tmp_path):
+    teacher = reference[0] / "best.pt"
+    out = train(data, tmp_path, "train.epochs=1", f"distill.teacher={teacher}", "distill.teacher_model=resnet18",
+                "distill.alpha=0.7")
+    assert f"distilling from {teacher} (resnet18" in out and "alpha 0.7, temperature 4.0" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["finished"] and summary["teacher"] == str(teacher)
+
+
+def test_a_missing_teacher_stops_before_any_work(data, tmp_path):
+    r = subprocess.run(cmd(data, tmp_path / "run", f"distill.teacher={tmp_path / 'nope.pt'}"), env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nope.pt'}: no such teacher file " \
+                                                     "(distill.teacher)", r.stderr
+    assert not (tmp_path / "run").exists()

@@ -83,10 +83,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015) from a frozen teacher that sees the same
+    augmented batch as the student: loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE."""
+
+    teacher: str = ""  # a firehose checkpoint or a torchvision-format state dict; "" = no distillation
+    teacher_model: str = "resnet50"  # the teacher's architecture (a model.name)
+    alpha: float = 0.5  # weight of the distillation term
+    temperature: float = 4.0  # softens both distributions; the KL term is scaled by T^2
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run_dir: str = "runs/default"
@@ -206,6 +218,8 @@ def validate(cfg: Config) -> None:
         ("train.finetune.freeze_stages", 0 <= t.finetune.freeze_stages <= 5, "must be in 0..5"),
         ("train.finetune.lr_scale", t.finetune.lr_scale > 0, "must be > 0"),
         ("checkpoint.keep_last", cfg.checkpoint.keep_last >= 1, "must be >= 1"),
+        ("distill.alpha", 0 <= cfg.distill.alpha <= 1, "must be in [0, 1]"),
+        ("distill.temperature", cfg.distill.temperature > 0, "must be > 0"),
         ("run_dir", bool(cfg.run_dir), "must not be empty"),
     ]
     for key, ok, why in checks:
@@ -216,6 +230,11 @@ def validate(cfg: Config) -> None:
 
 def cross_check(cfg: Config) -> None:
     """Fields that must agree with each other; ConfigError naming both keys, before any work."""
+    if cfg.distill.teacher:
+        try:
+            ModelConfig(name=cfg.distill.teacher_model, num_classes=cfg.model.num_classes)
+        except ValueError as e:
+            raise ConfigError(f"config: 'distill.teacher_model': {e}") from None
     channels = 4 if cfg.data.pad_channels else 3
     if cfg.model.in_channels != channels:
         raise ConfigError(f"config: 'data.pad_channels' is {str(cfg.data.pad_channels).lower()} ({channels} input "

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline.base import Loader
 from train.amp import Precision
 from train.backend import sync
+from train.distill import Distiller
 from train.distributed import DistInfo, all_reduce_sum
 from train.metrics_log import MetricsLog, peak_memory_mb
 from train.optim import EMA, OptimConfig, lr_at, mix_batch
@@ -65,6 +66,7 @@ class StepParts:
     warmup_steps: int
     peak_lr: float  # at the end of warmup, for the global batch
     mix_seed: int
+    distiller: Distiller | None = None  # a frozen teacher whose logits are a second target
 
 
 @dataclass
@@ -89,8 +91,11 @@ def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, glo
         group["lr"] = lr
     images, partner, lam = mix_batch(images, labels, parts.optim_cfg, parts.mix_seed, global_step)
     with prof.range("forward"), prec.autocast():
-        out = parts.model(prec.inputs(images))
+        x = prec.inputs(images)
+        out = parts.model(x)
         loss = crit(out, labels) if lam == 1.0 else lam * crit(out, labels) + (1 - lam) * crit(out, partner)
+        if parts.distiller is not None:  # the teacher sees the same mixed batch
+            loss = parts.distiller.loss(out, parts.distiller.logits(x), loss)
     opt.zero_grad(set_to_none=True)
     with prof.range("backward"):
         (prec.scaler.scale(loss) if prec.scaler is not None else loss).backward()

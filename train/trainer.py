@@ -29,6 +29,7 @@ from train import distributed, fault
 from train.amp import Precision
 from train.backend import configure_backends
 from train.config import Config, ConfigError, load_config, to_dict, to_yaml
+from train.distill import Distiller, load_teacher
 from train.distributed import DistInfo
 from train.engine import StepParts, StopFlag, train_epoch
 from train.evaluate import evaluate
@@ -192,6 +193,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
+    teacher = load_teacher(cfg.distill, cfg.model.num_classes, cfg.model.in_channels) if cfg.distill.teacher else None
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,12 +225,23 @@ def run(cfg: Config, info: DistInfo) -> int:
     if info.world > 1:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
+    distiller = None
+    if teacher is not None:
+        teacher_gflop = flops_per_image(teacher, cfg.data.image_size).flops / 1e9
+        teacher.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+        log.line(f"distilling from {cfg.distill.teacher} ({cfg.distill.teacher_model}, {teacher_gflop:.2f} GFLOP/img "
+                 f"forward, counted in img/s): alpha {cfg.distill.alpha}, temperature {cfg.distill.temperature}")
+        distiller = Distiller(teacher, cfg.distill.alpha, cfg.distill.temperature)
     if cfg.train.compile != "none":  # one static graph per image size
-        model = torch.compile(model, mode=None if cfg.train.compile == "default" else cfg.train.compile, dynamic=False)
+        mode = None if cfg.train.compile == "default" else cfg.train.compile
+        model = torch.compile(model, mode=mode, dynamic=False)
+        if distiller is not None:
+            distiller.teacher = torch.compile(distiller.teacher, mode=mode, dynamic=False)
     steps = len(train_loader)  # per epoch
     total_steps = cfg.train.epochs * steps
     parts = StepParts(model, optimizer, precision, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                      ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak, cfg.data.seed)
+                      ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak, cfg.data.seed,
+                      distiller)
     log.line(f"device {dev} x {info.world} ranks; global batch {global_batch} -> peak lr {peak:.4g} "
              f"(base_lr {cfg.optim.base_lr} per 256); {steps} steps/epoch, {total_steps} total; "
              f"{steps * train_loader.batch_size * info.world} train / "
@@ -273,7 +286,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     summary = summarize(progress.history, progress.best, epochs_done=progress.epoch,
                         epochs_planned=cfg.train.epochs)
     summary.update(wall_s=time.perf_counter() - t_start, global_batch=global_batch, peak_lr=peak,
-                   world_size=info.world, device=prov["device"])
+                   world_size=info.world, device=prov["device"], teacher=cfg.distill.teacher or None)
     if main:
         write_summary(run_dir, summary)
         log.line(format_summary(summary))
