@@ -94,7 +94,13 @@ class Loader:
         files, lengths = self.epoch_files(epoch)
         return files_in_range(files, lengths, *rank_range(sum(lengths), self.rank, self.world))
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """Batches skip..len(self)-1 of `epoch` (skip > 0 resumes mid-epoch: the same batches an
-        uninterrupted run gives); their order depends only on (seed, epoch, rank)."""
+    def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
+        """Batches skip..len(self)-1 of `epoch`: skip > 0 resumes mid-epoch with the same batches an
+        uninterrupted run gives (`position`, from `position()` when the run stopped, lets a loader
+        continue without re-reading the skipped batches). Their order depends only on (seed, epoch, rank)."""
         raise NotImplementedError
+
+    def position(self) -> bytes | None:
+        """Where the running training epoch stands, for a mid-epoch checkpoint; None when the
+        loader needs nothing beyond the count of batches done to resume."""
+        return None

@@ -189,7 +189,7 @@ class BaselineLoader(Loader):
         std = torch.tensor(IMAGENET_STD, device=self.device) * 255
         self.scale, self.shift = 1 / std, -mean / std
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         size = self.size_at(epoch)
         transform = (TrainTransform(size, self.cfg.min_area) if self.train
                      else ValTransform(size, val_resize_shorter(size, self.cfg.val_crop_ratio)))

@@ -161,9 +161,12 @@ def read_shards(files: list[str], shard_id: int, num_shards: int, shuffle_buffer
 
 
 def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards: int, device_id: int | None,
-                   seed: int, stages: list[Stage], train: bool, num_threads: int) -> Pipeline:
+                   seed: int, stages: list[Stage], train: bool, num_threads: int,
+                   position: bytes | None = None) -> Pipeline:
     """A built pipeline: this rank's share of `files`, then `stages` in order. Outputs (images,
-    cls bytes, sources). With no stages the images are the encoded bytes (the benchmarks' read stage)."""
+    cls bytes, sources). With no stages the images are the encoded bytes (the benchmarks' read stage).
+    Training pipelines keep DALI checkpoints (reader position and RNG states): built from
+    `position` (`Pipeline.checkpoint()` of an identical pipeline), one continues where that one was."""
     @pipeline_def(enable_conditionals=train and cfg.auto_augment != "none")
     def pipe():
         images, cls, src = read_shards(files, shard_id, num_shards, cfg.shuffle_buffer, train)
@@ -172,7 +175,7 @@ def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards:
         return images, cls, src
 
     p = pipe(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-             prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
+             prefetch_queue_depth=cfg.prefetch, exec_dynamic=True, enable_checkpointing=train, checkpoint=position)
     p.build()
     return p
 
@@ -202,23 +205,33 @@ class DaliLoader(Loader):
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-ahead") if self.train else None
         self._val: dict[int, Pipeline] = {}  # image size -> the validation pipeline, reused
         self._inflight: deque = deque()  # (CUDA event, outputs) of batches the GPU may still read
+        self._running: Pipeline | None = None  # the training epoch being read (for position())
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         if not self.train:
             yield from self._val_epoch(epoch)
             return
-        pipe, first = self._take(epoch)
+        if skip and position:  # DALI's checkpoint: the reader and the RNGs continue after batch skip - 1
+            start, (pipe, first) = skip, self._start(epoch, self.size_at(epoch), position)
+        else:  # from the start; skipped batches (no position) are decoded, not used
+            start, (pipe, first) = 0, self._take(epoch)
+        self._running = pipe
         try:
-            for i in range(len(self)):
-                outputs = first if i == 0 else self._run(pipe, epoch)
+            for i in range(start, len(self)):
+                outputs = first if i == start else self._run(pipe, epoch)
                 first = None
-                if i == 0:
+                if i == start:
                     self._prepare(epoch + 1)  # overlaps this epoch; ready when it ends
-                if i >= skip:  # the reader cannot seek: skipped batches are decoded, not used
+                if i >= skip:
                     yield self._to_torch(*outputs)
                     self._hold(outputs)
         finally:
+            self._running = None
             del pipe
+
+    def position(self) -> bytes | None:
+        """DALI's checkpoint of the running training pipeline, after the batches handed out so far."""
+        return self._running.checkpoint() if self._running is not None else None
 
     def _val_epoch(self, epoch: int) -> Iterator[Batch]:
         size = self.size_at(epoch)
@@ -237,13 +250,14 @@ class DaliLoader(Loader):
             yield images, labels
             self._hold((images, labels))
 
-    def _build(self, epoch: int, size: int) -> Pipeline:
+    def _build(self, epoch: int, size: int, position: bytes | None = None) -> Pipeline:
         files, _ = self.epoch_files(epoch)
         dec = Decoder(self.device_id, self.cfg.hw_decoder_load)
         stages = (train_stages if self.train else val_stages)(self.cfg, size, dec)
         try:
             pipe = build_pipeline(self.cfg, files, self.rank, self.world, self.device_id,
-                                  epoch_seed(self.cfg.seed, epoch, self.rank), stages, self.train, self.threads)
+                                  epoch_seed(self.cfg.seed, epoch, self.rank), stages, self.train, self.threads,
+                                  position)
         except RuntimeError as e:
             raise self._explain(e, epoch) from None
         if pipe.reader_meta("reader")["epoch_size"] != self.split.num_samples:  # a shard shorter than listed
@@ -253,9 +267,9 @@ class DaliLoader(Loader):
                              f"the manifest lists {self.split.num_samples}")
         return pipe
 
-    def _start(self, epoch: int, size: int) -> tuple[Pipeline, tuple]:
+    def _start(self, epoch: int, size: int, position: bytes | None = None) -> tuple[Pipeline, tuple]:
         """A training epoch's pipeline and its first batch (the prefetch queue fills behind it)."""
-        pipe = self._build(epoch, size)
+        pipe = self._build(epoch, size, position)
         return pipe, self._run(pipe, epoch)
 
     def _prepare(self, epoch: int) -> None:

@@ -17,7 +17,7 @@ class SyntheticLoader(Loader):
         super().__init__(*args, **kwargs)
         self._made: tuple[int, Batch] | None = None  # (image size px, the batch)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         size = self.size_at(epoch)
         if self._made is None or self._made[0] != size:
             g = torch.Generator(self.device).manual_seed(epoch_seed(self.cfg.seed, 0, self.rank))

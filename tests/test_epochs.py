@@ -19,8 +19,8 @@ def cfg(shards, loader="dali", **kw) -> DataConfig:
     return DataConfig(**{**base, **kw})
 
 
-def epoch_batches(loader, epoch, skip=0) -> list:
-    return [(x.clone(), y.clone()) for x, y in loader.epoch(epoch, skip=skip)]
+def epoch_batches(loader, epoch, skip=0, position=None) -> list:
+    return [(x.clone(), y.clone()) for x, y in loader.epoch(epoch, skip=skip, position=position)]
 
 
 def assert_same_batches(a: list, b: list) -> None:
@@ -59,6 +59,20 @@ def test_a_resumed_epoch_gives_the_remaining_batches(shards, loader_name, skip):
     whole = epoch_batches(loader, 2)
     resumed = build_loader(cfg(shards, loader_name), "train", 0, 1, CPU)
     assert_same_batches(epoch_batches(resumed, 2, skip=skip), whole[skip:])
+
+
+def test_dali_resumes_from_its_saved_position(shards):
+    """A stop after 3 batches saves DALI's checkpoint; a new loader built from it continues with
+    batch 3 without reading batches 0-2 again (the reader and the RNGs are restored, not replayed)."""
+    loader = build_loader(cfg(shards), "train", 0, 1, CPU)
+    batches = loader.epoch(2)
+    for _ in range(3):
+        next(batches)
+    position = loader.position()
+    rest = [(x.clone(), y.clone()) for x, y in batches]
+    assert isinstance(position, bytes) and loader.position() is None  # the epoch is over
+    resumed = build_loader(cfg(shards), "train", 0, 1, CPU)
+    assert_same_batches(epoch_batches(resumed, 2, skip=3, position=position), rest)
 
 
 def test_one_label_rule_for_every_reader():

@@ -96,6 +96,15 @@ def all_gather(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_object(obj: object, info: DistInfo) -> list:
+    """Every rank's picklable `obj`, in rank order; [obj] for one process."""
+    if info.world == 1:
+        return [obj]
+    out = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

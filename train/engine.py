@@ -79,6 +79,7 @@ class EpochResult:
     data_wait_fraction: float  # of the timed region's wall time, mean over ranks
     train_s: float  # wall time of the whole epoch on this rank
     wait_hist: list[int]  # this rank's steps per data-wait bucket (WAIT_EDGES_MS)
+    position: bytes | None = None  # the loader's position when stopped mid-epoch (for the checkpoint)
 
 
 def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, global_step: int,
@@ -178,14 +179,14 @@ class StepMeter:
 
 def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, global_step: int,
                 log_every: int, info: DistInfo, log: MetricsLog, stop: StopFlag, profiler: Profiler,
-                fault: Callable[[int, int], None] | None = None) -> EpochResult:
+                fault: Callable[[int, int], None] | None = None, position: bytes | None = None) -> EpochResult:
     """Run steps start_step..len(loader)-1 of `epoch` (after a mid-epoch resume the loader skips
-    the batches already done). `fault(epoch, step)`, if given, runs before each step (tests only:
-    train/fault.py). Returns the epoch's numbers; see EpochResult."""
+    the batches already done, from its saved `position` where it has one). `fault(epoch, step)`, if
+    given, runs before each step (tests only: train/fault.py). Returns the epoch's numbers."""
     n = len(loader)
     meter = StepMeter(info, start_step, n, loader.batch_size * info.world)
     parts.model.train()
-    batches = iter(loader.epoch(epoch, skip=start_step))
+    batches = iter(loader.epoch(epoch, skip=start_step, position=position))
     bar = tqdm(total=n, initial=start_step, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=None if info.is_main else True)
     log.write = bar.write if info.is_main else print
@@ -216,4 +217,7 @@ def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, g
     bar.close()
     log.write = print
     steps_done = step + 1 - start_step if n > start_step else 0
-    return meter.result(steps_done, step, global_step, stopped)
+    result = meter.result(steps_done, step, global_step, stopped)
+    if start_step + steps_done < n:
+        result.position = loader.position()  # while the epoch's batches are still open
+    return result

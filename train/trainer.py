@@ -103,19 +103,22 @@ class Progress:
 
 
 def checkpoint_state(progress: Progress, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
-                     ema: EMA | None, cfg: Config, selected: str, info: DistInfo) -> dict:
+                     ema: EMA | None, cfg: Config, selected: str, info: DistInfo, position: bytes | None) -> dict:
     """Everything a resume needs, as tensors and plain values (loads with weights_only=True).
     `selected_weights` names the weights this checkpoint's evaluation found better ("model" or
-    "ema"): what deploy exports. Collective: every rank's own GPU RNG state is gathered."""
+    "ema"): what deploy exports. Collective: every rank's own GPU RNG state and, mid-epoch, its
+    loader position are gathered."""
     rng = ckpt.rng_state(info.device)
     if rng["cuda"] is not None:
         rng["cuda"] = [s.cpu() for s in distributed.all_gather(rng["cuda"].to(info.device), info)]
+    positions = distributed.all_gather_object(position, info) if progress.step_in_epoch else None
     return {
         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None, "selected_weights": selected,
         "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch, "global_step": progress.global_step,
         "best": progress.best, "history": progress.history, "config": to_dict(cfg), "rng": rng,
+        "loader_positions": positions,
     }
 
 
@@ -250,10 +253,13 @@ def run(cfg: Config, info: DistInfo) -> int:
     stop = StopFlag().install()
     profiler = Profiler(cfg.profile, run_dir, dev, info.rank)
     kill = fault.kill_hook(run_dir, info.rank, info.world)  # None unless a test sets it
+    positions = start[1].get("loader_positions") if start is not None else None
+    position = positions[info.rank] if positions and len(positions) == info.world else None
     while progress.epoch < min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs):
         epoch = progress.epoch
         result = train_epoch(parts, train_loader, epoch, progress.step_in_epoch, progress.global_step,
-                             cfg.train.log_every, info, log, stop, profiler, kill)
+                             cfg.train.log_every, info, log, stop, profiler, kill, position)
+        position = result.position
         done = progress.step_in_epoch + result.steps_done == steps
         record = {"epoch": epoch, "loss": result.loss, "img_per_s": result.img_per_s, "steps": result.steps_done,
                   "partial": not done, "data_wait_fraction": result.data_wait_fraction, "train_s": result.train_s,
@@ -274,7 +280,7 @@ def run(cfg: Config, info: DistInfo) -> int:
         progress.global_step = result.global_step
         progress.epoch, progress.step_in_epoch = (epoch + 1, 0) if done else (epoch, progress.step_in_epoch
                                                                               + result.steps_done)
-        state = checkpoint_state(progress, net, optimizer, precision, ema, cfg, selected, info)
+        state = checkpoint_state(progress, net, optimizer, precision, ema, cfg, selected, info, position)
         if main:
             log.line(f"checkpoint {ckpt.save_checkpoint(state, run_dir, cfg.checkpoint.keep_last, is_best)}")
         distributed.barrier(info)
