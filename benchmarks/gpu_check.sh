@@ -129,7 +129,14 @@ def figures():
         f["note"] = note
     if status in ("failed", "timeout") and tail:
         f["log_tail"] = tail[-1][:300]
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items() if v is not None}
+    return {k: rounded(v) for k, v in f.items() if v is not None}
+
+def rounded(v):
+    if isinstance(v, float):
+        return float(f"{v:.4g}")
+    if isinstance(v, list):
+        return [rounded(x) for x in v]
+    return {k: rounded(x) for k, x in v.items()} if isinstance(v, dict) else v
 
 def fmt(f):
     return "; ".join(f"{k} " + (f"{v:,.3g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v))

@@ -159,6 +159,7 @@ def make_tiny_shards(out: Path, samples: int, shards: int, classes: int = 1000, 
     if not 1 <= shards <= samples:
         raise ValueError(f"--shards must be in 1..{samples} (--samples), got {shards}")
     out.mkdir(parents=True, exist_ok=True)
+    (out / INFO_NAME).unlink(missing_ok=True)  # written last: never a manifest over a half-rewritten folder
     for stale in out.glob("*.tmp*"):  # a killed run's temporary files
         stale.unlink()
     splits = {"train": (samples, shards)}
