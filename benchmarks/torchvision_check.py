@@ -1,7 +1,9 @@
 """Our ResNet-50 state dict loads into torchvision's resnet50 (strict) and gives the same logits.
 
     python -m benchmarks.torchvision_check [--device cpu|gpu]
-Exit 0 on a match, 1 on a mismatch, 0 with "skipped" where torchvision is not installed.
+Exit 0 on a match, 1 on a mismatch, and NOT_CHECKED (3) with "NOT CHECKED (torchvision not
+importable: REASON)" where torchvision is missing or fails to import: a torchvision built for
+another torch raises RuntimeError or OSError at import, not only ImportError. Never "OK" unchecked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from benchmarks.timing import resolve_device
 from model import ModelConfig, build_model
 
+NOT_CHECKED = 3  # exit code: torchvision could not be imported, so nothing was compared
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -21,9 +25,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         import torchvision
-    except ImportError:
-        print("torchvision check: skipped (torchvision is not installed here)")
-        return 0
+    except Exception as e:  # ImportError, or RuntimeError/OSError from a build for another torch
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        print(f"torchvision check: NOT CHECKED (torchvision not importable: {reason})")
+        return NOT_CHECKED
     device = resolve_device(args.device)
     torch.manual_seed(0)
     ours = build_model(ModelConfig(name="resnet50", zero_init_residual=False)).to(device).eval()
