@@ -45,6 +45,7 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.timing import resolve_device  # noqa: E402
+from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
 from train.backend import sync  # noqa: E402
@@ -138,10 +139,7 @@ def main(argv=None) -> int:
     r = {**figures(t, (t_imported, t_built)), "samples": loader.num_samples, "batches_per_epoch": len(loader),
          "images_per_epoch": t["images"], "shards": len(loader.split.files), "args": vars(args),
          "provenance": provenance(device)}
-    tmp = f"{args.json}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(r, f, indent=1)
-    os.replace(tmp, args.json)
+    atomic_write(args.json, (json.dumps(r, indent=1) + "\n").encode())
     turn = ", ".join(f"{x:.3f}" for x in r["turnover_s"]) or "-"
     print(f"{args.loader} on {device}: first batch {r['first_batch_s']:.2f} s after process start "
           f"({', '.join(f'{k} {v:.2f}' for k, v in r['phases_s'].items())}); epochs "

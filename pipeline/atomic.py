@@ -31,19 +31,22 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_file(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
     """`with atomic_file(p) as f: f.write(...)`: `p` appears, complete, only when the block ends
     without an error. An OSError in the block (disk full, read-only folder) that names no other
-    file is re-raised naming `p`."""
+    file is re-raised naming `p`. `durable=False` skips the fsyncs (disposable data: a kill still
+    leaves no partial file under `p`, a power cut may)."""
     path = Path(path)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as e:
         if e.filename not in (None, str(tmp), tmp):
             raise
@@ -52,7 +55,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
+def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` atomically (see atomic_file)."""
-    with atomic_file(path) as f:
+    with atomic_file(path, durable) as f:
         f.write(data)

@@ -62,6 +62,7 @@ class Loader:
         self.batch_size = cfg.batch_size
         size = cfg.image_size if train else cfg.val_image_size
         self.size_at: Callable[[int], int] = lambda epoch: size
+        self.epochs: int | None = None  # epochs the run will read, when known (nothing is prepared past them)
         n = split.num_samples
         if world > n:
             raise ValueError(f"{split.name}: {world} ranks but only {n} samples")

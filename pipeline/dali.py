@@ -19,6 +19,7 @@ pipeline is built once per image size and reused by every evaluation.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from collections import deque
@@ -180,6 +181,15 @@ def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards:
     return p
 
 
+def trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc's malloc_trim). Each epoch's pipeline is built
+    while the last one is still alive, so their allocations interleave and the old one's freed
+    memory stays in the heap. Measured over 8 short epochs of 160k samples in 128 shards: RSS
+    527 -> 713 MiB without this, 479 -> 612 MiB with it (it slows the creep, it does not stop it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def dali_reason(e: Exception) -> str:
     """The informative line of a DALI error (its messages carry a C++ stack trace)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -220,7 +230,7 @@ class DaliLoader(Loader):
             for i in range(start, len(self)):
                 outputs = first if i == start else self._run(pipe, epoch)
                 first = None
-                if i == start:
+                if i == start and (self.epochs is None or epoch + 1 < self.epochs):
                     self._prepare(epoch + 1)  # overlaps this epoch; ready when it ends
                 if i >= skip:
                     yield self._to_torch(*outputs)
@@ -228,6 +238,7 @@ class DaliLoader(Loader):
         finally:
             self._running = None
             del pipe
+            trim_heap()  # the pipeline's index and buffers: give the pages back, or RSS creeps up
 
     def position(self) -> bytes | None:
         """DALI's checkpoint of the running training pipeline, after the batches handed out so far."""

@@ -430,3 +430,18 @@ def test_trainer_refuses_a_pickle_that_runs_code(tmp_path, key):
     line = one_error_line(r, f"error: {evil}: ")
     assert "weights_only" in line or "weights-only" in line
     assert not marker.exists()
+
+
+def test_a_rank_with_a_bad_shard_stops_the_whole_torchrun_job(tmp_path):
+    """2 ranks: only rank 0's share holds the corrupt sample. Rank 0 prints its one line and exits
+    at once; torchrun stops rank 1, which would otherwise wait in a collective for the timeout."""
+    out = bad_dataset(tmp_path / "d", GOOD[:3] + [("kbad", BAD["corrupt jpg"][0])] + GOOD[3:])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+           "data.loader=dali", f"data.path={out}", "data.batch_size=2", "data.num_threads=1", "data.image_size=32",
+           "data.val_image_size=32", "model.name=resnet18", "model.num_classes=2", "train.epochs=2",
+           "optim.warmup_epochs=0", f"run_dir={tmp_path / 'run'}"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]
+    assert "x-train-000000.tar: sample kbad: jpg does not decode" in errors[0]
+    assert not list((tmp_path / "run").glob("ckpt-*.pt"))  # stopped in the first epoch

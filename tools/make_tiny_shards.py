@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.atomic import atomic_write
 from pipeline.shards import IDX_VERSION, INFO_NAME, TAR_BLOCK, idx_path
 from tools.make_synthetic_imagenet import make_wnids
-from tools.shard_writer import RECORD, atomic_write
+from tools.shard_writer import RECORD
 
 PREFIX = "imagenet1k"
 POOL = 64  # distinct JPEGs; sample images repeat, which a start-up test does not mind
@@ -139,10 +140,7 @@ def write_shard(job: tuple) -> dict:
     data, idx = shard_bytes([f"{split}_{start + i:08d}" for i in range(count)], labels, _templates)
     idx_final = str(idx_path(path))
     for final, payload in ((idx_final, idx.encode()), (path, data)):  # index first, tar last
-        tmp = f"{final}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, final)
+        atomic_write(final, payload, durable=False)
     return {"file": os.path.basename(path), "count": count, "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}
 

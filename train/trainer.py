@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict
+from pipeline.atomic import atomic_write
 from pipeline.dali import PipelineError
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError
@@ -171,6 +172,7 @@ def build_loaders(cfg: Config, info: DistInfo):
         raise ConfigError(f"config: 'model.num_classes' is {cfg.model.num_classes} but {cfg.data.path} "
                           f"has {len(classes)}")
     train.set_image_size(lambda epoch: image_size_at(epoch, cfg.train.resize, cfg.data.image_size))
+    train.epochs = min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs)
     return train, val
 
 
@@ -200,7 +202,7 @@ def run(cfg: Config, info: DistInfo) -> int:
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
     log = MetricsLog(run_dir, main)
     prov = provenance(dev, info.world)
     log.line("provenance: " + " ".join(f"{k}={v}" for k, v in prov.items()))
