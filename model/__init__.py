@@ -8,6 +8,7 @@ from model.flops import ForwardCost, flops_per_image
 from model.mobilenet import MobileNetV3
 from model.resnet import ResNet
 from model.stages import StagedModel
+from model.stored import stored_model_config
 
 
 def build_model(model_cfg: ModelConfig) -> StagedModel:
@@ -45,4 +46,5 @@ __all__ = [
     "flops_per_image",
     "freeze_stages",
     "load_torchvision_state_dict",
+    "stored_model_config",
 ]

@@ -1,8 +1,7 @@
 """The trainer end to end in subprocesses: run records, exact resume after a clean stop, SIGTERM
-and SIGKILL, fine-tuning, export. Tiny: ResNet-18 at 32 px, DALI on the CPU over the `shards`
+and SIGKILL, fine-tuning. Tiny: ResNet-18 at 32 px, DALI on the CPU over the `shards`
 fixture (203 train images: 25 steps of 8 per epoch; 50 val)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,7 +17,6 @@ from conftest import PYTHONPATH, assert_same_weights
 
 from model import ModelConfig, build_model
 from train import checkpoint as ckpt
-from train.config import from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -164,32 +162,3 @@ def test_finetune_freezes_stages_and_replaces_head(data, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["peak_lr"] == pytest.approx(2.0 * 8 / 256 * 0.1)
     assert (tmp_path / "run" / "profile" / "trace-rank0.json").stat().st_size > 0
-
-
-def test_export_without_onnx_is_one_line(reference, tmp_path, monkeypatch, capsys):
-    from train import export
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
-    assert export.main([str(reference[0] / "best.pt"), str(tmp_path / "m.onnx")]) == 2
-    assert capsys.readouterr().err.strip() == "export: the 'onnx' package is not installed (pip install onnx)"
-    assert not (tmp_path / "m.onnx").exists()
-
-
-def test_export(reference, tmp_path):
-    out = tmp_path / "model.onnx"
-    r = subprocess.run([sys.executable, "-m", "train.export", str(reference[0] / "best.pt"), str(out)],
-                       env=ENV, capture_output=True, text=True, timeout=120)
-    if importlib.util.find_spec("onnx") is None:
-        assert r.returncode == 2 and r.stderr.strip() == "export: the 'onnx' package is not installed " \
-                                                         "(pip install onnx)", r.stderr
-        return
-    assert r.returncode == 0 and out.stat().st_size > 1e6, r.stderr
-    ort = pytest.importorskip("onnxruntime")
-    state = ckpt.load_checkpoint(reference[0] / "best.pt")
-    model = build_model(from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    x = torch.randn(2, 3, 32, 32)
-    session = ort.InferenceSession(str(out))
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    assert abs(got - model.eval()(x).detach().numpy()).max() < 1e-4  # the same network, batch size free

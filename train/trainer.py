@@ -9,6 +9,7 @@ on stderr naming the file).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict
+from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError
 from train import checkpoint as ckpt
@@ -143,6 +144,11 @@ def evaluate_all(net: nn.Module, ema: EMA | None, val_loader, epoch: int, precis
 
 def run(cfg: Config, info: DistInfo) -> int:
     t_start = time.perf_counter()
+    if cfg.train.finetune.weights:  # a pruned file (deploy.prune) carries its conv widths: build that net
+        try:
+            cfg = dataclasses.replace(cfg, model=stored_model_config(cfg.train.finetune.weights, cfg.model))
+        except ValueError as e:
+            raise ckpt.CheckpointError(str(e)) from None
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     # Data first: a batch or rank count that does not fit the shards stops before any output.
