@@ -1,7 +1,7 @@
 """Inference side by side in one run on one device: PyTorch, ONNX Runtime FP32/INT8, TensorRT,
 the pruned model and the MobileNet student.
 
-    python -m benchmarks.infer [--ckpt CKPT | --model resnet50 --image-size 224] [--pruned PRUNED.pt]
+    python -m benchmarks.infer [--ckpt CKPT | --model resnet50 --image-size 224] [--pruned PRUNED.pt ...]
         [--student-ckpt CKPT | --student mobilenet_v3_large] [--data SHARDS] [--batch-size 32]
         [--json OUT.json] [--markdown OUT.md]
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", help="trainer checkpoint of the main model (else random --model weights)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--image-size", type=int, default=None, help="px; default: the checkpoint's val size, else 224")
-    p.add_argument("--pruned", help="pruned (and fine-tuned) model file or checkpoint; else pruned here to 0.5x")
+    p.add_argument("--pruned", action="append", default=[],
+                   help="pruned file or fine-tuned checkpoint (repeatable); else the model is pruned here to 0.5x")
     p.add_argument("--student-ckpt", help="MobileNet student checkpoint (else random --student weights)")
     p.add_argument("--student", default="mobilenet_v3_large")
     p.add_argument("--data", help="shard folder: top-1 over its validation split, INT8 calibration")
@@ -185,14 +186,12 @@ def run_rows(args) -> tuple[list[dict], int]:
         for precision in ("FP16", "INT8"):
             rows.append({"row": f"TensorRT {precision}", "note": why})
             print(format_row(rows[-1]), flush=True)
-        if args.pruned:
-            pruned_net, pruned_trained, _ = load_net(args.pruned, ModelConfig())
-            note = f"from {Path(args.pruned).name}"
-        else:
+        for path in args.pruned:
+            pruned_net, pruned_trained, _ = load_net(path, ModelConfig())
+            both("pruned, ", pruned_net, pruned_trained, f"from {path}")
+        if not args.pruned:
             fresh = build_model(ModelConfig(name=args.model, num_classes=classes(main_net))).eval()
-            pruned_net, pruned_trained = prune.prune_to_flops(fresh, 0.5, size), False
-            note = "random weights pruned here to <= 0.5x FLOPs"
-        both("pruned, ", pruned_net, pruned_trained, note)
+            both("pruned, ", prune.prune_to_flops(fresh, 0.5, size), False, "random weights pruned here to <= 0.5x")
         student_cfg = ModelConfig(name=args.student, num_classes=classes(main_net), in_channels=channels)
         student, student_trained, _ = load_net(args.student_ckpt, student_cfg)
         both(f"{args.student}, ", student, student_trained)

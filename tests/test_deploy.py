@@ -154,3 +154,24 @@ def test_bad_input_is_one_line_and_writes_nothing(best, tmp_path, capsys):
     torch.save(mobile, tmp_path / "plain.pt")  # a bare state dict is not a firehose model file
     fails(export.main, tmp_path / "plain.pt", onnx_out, needles=("plain.pt", "missing keys"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnv3.pt", "plain.pt", "r34.pt"]  # no output, no temp
+
+
+def test_widths_are_typed_and_validated_by_the_config_loader():
+    from model.resnet import standard_widths
+    from train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"model.widths has 2 entries; resnet18 has 20 convs"):
+        load_config(None, ["model.name=resnet18", "model.widths=[64, 64]"])
+    with pytest.raises(ConfigError, match=r"model.widths\[0\]"):
+        load_config(None, ["model.widths=[wide]"])
+    widths = standard_widths(18)
+    bad = list(widths)
+    bad[2] = 32  # layer1.0.conv2 feeds a residual add with the 64-channel stem
+    with pytest.raises(ConfigError, match="layer1.0 adds a 64-channel shortcut to 32 channels"):
+        load_config(None, ["model.name=resnet18", f"model.widths={bad}"])
+    narrow = list(widths)
+    narrow[1] = 16  # layer1.0.conv1: inside the block, free to shrink
+    cfg = load_config(None, ["data.loader=synthetic", "model.name=resnet18", f"model.widths={narrow}"]).model
+    net = build_model(cfg)
+    assert net.layer1[0].conv1.out_channels == 16 and net.layer1[0].conv2.in_channels == 16
+    assert [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == narrow
