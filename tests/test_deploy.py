@@ -11,7 +11,7 @@ import torch
 from conftest import PYTHONPATH
 
 from deploy import export, prune
-from model import ModelConfig, build_model, flops_per_image
+from model import ModelConfig, build_model, flops_per_image, stored_model_config
 from train import checkpoint as ckpt
 from train.config import from_dict
 
@@ -63,21 +63,25 @@ def pruned(best, tmp_path_factory):
     return out, r.stdout
 
 
-def test_export_the_selected_weights_and_override(best, tmp_path):
+def exports(source, out, capsys, *extra: str) -> str:
+    """deploy.export in-process (the CLI's main): exit 0; returns its stdout."""
+    assert export.main([str(source), str(out), *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_export_the_selected_weights_and_override(best, tmp_path, capsys):
     pytest.importorskip("onnx")
     state = ckpt.load_checkpoint(best)
     x = torch.randn(3, 3, 32, 32)
-    r = cli("deploy.export", best, tmp_path / "m.onnx")  # no "selected_weights" key: the model's
+    r = cli("deploy.export", best, tmp_path / "m.onnx")  # the CLI; no "selected_weights" key: the model's
     assert r.returncode == 0 and "the 'model' weights" in r.stdout, r.stderr
     assert abs(onnx_logits(tmp_path / "m.onnx", x) - net_from(state, "model")(x).detach().numpy()).max() < 1e-4
     torch.save({**state, "selected_weights": "ema"}, tmp_path / "ema_best.pt")
-    r = cli("deploy.export", tmp_path / "ema_best.pt", tmp_path / "e.onnx")
-    assert r.returncode == 0 and "the 'ema' weights" in r.stdout, r.stderr
+    assert "the 'ema' weights" in exports(tmp_path / "ema_best.pt", tmp_path / "e.onnx", capsys)
     ema = net_from(state, "ema")(x).detach().numpy()
     assert abs(onnx_logits(tmp_path / "e.onnx", x) - ema).max() < 1e-4
     assert abs(ema - net_from(state, "model")(x).detach().numpy()).max() > 1e-3  # the choice matters
-    r = cli("deploy.export", tmp_path / "ema_best.pt", tmp_path / "o.onnx", "--weights", "model")
-    assert r.returncode == 0 and "the 'model' weights" in r.stdout, r.stderr
+    assert "the 'model' weights" in exports(tmp_path / "ema_best.pt", tmp_path / "o.onnx", capsys, "--weights", "model")
 
 
 def test_export_without_onnx_is_one_line(best, tmp_path, monkeypatch, capsys):
@@ -111,9 +115,13 @@ def test_prune_halves_flops_and_rebuilds_from_data(best, pruned):
     assert all(w % 8 == 0 for w in cfg.model.widths)
     assert sum(p.numel() for p in net.parameters()) < 0.7 * sum(p.numel() for p in full.parameters())
     assert net.fc.out_features == 10
+    # The trainer's view of the file: its widths, the run's own head; another network is refused.
+    assert stored_model_config(path, ModelConfig(name="resnet18", num_classes=5)).widths == cfg.model.widths
+    with pytest.raises(ValueError, match="holds a resnet18, but model.name is resnet34"):
+        stored_model_config(path, ModelConfig(name="resnet34"))
 
 
-def test_finetune_and_export_a_pruned_model(shards, pruned, tmp_path):
+def test_finetune_and_export_a_pruned_model(shards, pruned, tmp_path, capsys):
     pytest.importorskip("onnx")
     path, _ = pruned
     widths = from_dict(torch.load(path, weights_only=True)["config"]).model.widths
@@ -122,8 +130,7 @@ def test_finetune_and_export_a_pruned_model(shards, pruned, tmp_path):
     state = ckpt.load_checkpoint(tmp_path / "ft" / "best.pt")
     assert from_dict(state["config"]).model.widths == widths  # the checkpoint rebuilds the pruned net
     for onnx_out, source in ((tmp_path / "ft.onnx", tmp_path / "ft" / "best.pt"), (tmp_path / "p.onnx", path)):
-        r = cli("deploy.export", source, onnx_out)
-        assert r.returncode == 0 and "(pruned)" in r.stdout, r.stderr
+        assert "(pruned)" in exports(source, onnx_out, capsys)
     x = torch.randn(2, 3, 32, 32)
     assert abs(onnx_logits(tmp_path / "ft.onnx", x) - net_from(state, "model")(x).detach().numpy()).max() < 1e-4
 
