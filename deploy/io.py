@@ -16,16 +16,24 @@ class DeployError(ValueError):
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s folder; on a clean exit rename it onto `path`
-    (os.replace: readers see the old file or the whole new one). On an error the temporary
-    file is removed and `path` is untouched. DeployError if the folder does not exist."""
+    """Yield a temporary path in `path`'s folder; on a clean exit fsync it, rename it onto `path`
+    (os.replace: readers see the old file or the whole new one) and fsync the folder, as
+    train.checkpoint.atomic_save does. On an error the temporary file is removed and `path` is
+    untouched. DeployError if the folder does not exist or the write fails."""
     path = Path(path)
     if not path.parent.is_dir():
         raise DeployError(f"{path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError as e:
         raise DeployError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
