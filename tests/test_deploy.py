@@ -33,6 +33,13 @@ def cli(module: str, *args) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+class RunsCode:
+    """A pickle that would call a function on load (weights_only=True must refuse it)."""
+
+    def __reduce__(self):
+        return (print, ("this ran on load",))
+
+
 def net_from(state: dict, weights: str) -> torch.nn.Module:
     net = build_model(from_dict(state["config"]).model)
     net.load_state_dict(state[weights])
@@ -160,7 +167,9 @@ def test_bad_input_is_one_line_and_writes_nothing(best, tmp_path, capsys):
     fails(export.main, tmp_path / "mnv3.pt", onnx_out, "--weights", "ema", needles=("mnv3.pt", "no 'ema' weights"))
     torch.save(mobile, tmp_path / "plain.pt")  # a bare state dict is not a firehose model file
     fails(export.main, tmp_path / "plain.pt", onnx_out, needles=("plain.pt", "missing keys"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnv3.pt", "plain.pt", "r34.pt"]  # no output, no temp
+    torch.save({**state, "model": RunsCode()}, tmp_path / "evil.pt")
+    fails(prune.main, tmp_path / "evil.pt", "--flops-ratio", 0.5, "--out", out, needles=("evil.pt", "weights-only"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt", "mnv3.pt", "plain.pt", "r34.pt"]  # no output
 
 
 def test_widths_are_typed_and_validated_by_the_config_loader():
