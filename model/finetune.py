@@ -1,29 +1,32 @@
-"""Fine-tuning helpers: load torchvision weights (4-channel stem, new head) and freeze stages."""
+"""Fine-tuning helpers: load torchvision weights (4-channel stem, new head) and freeze stages.
+
+Both work for every network here (ResNets and MobileNetV3): each names its stem conv, its head
+and its five stages (model.stages.StagedModel).
+"""
 
 import torch
 
-from model.resnet import ResNet
-
-HEAD_KEYS = ("fc.weight", "fc.bias")
+from model.stages import StagedModel
 
 
-def load_torchvision_state_dict(model: ResNet, state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Load a torchvision ResNet state dict (same depth) into `model`; return skipped keys.
+def load_torchvision_state_dict(model: StagedModel, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Load a torchvision state dict of the same architecture into `model`; return skipped keys.
 
-    - A 3-channel conv1.weight (64, 3, 7, 7) loaded into a 4-channel stem is padded with a
-      zero input channel, matching how the pipeline pads RGB with a zero fourth channel, so
-      outputs equal the 3-channel network's.
-    - fc.weight / fc.bias whose shapes differ from the model's head (num_classes changed) are
-      skipped and keep their fresh init; their names are returned, sorted.
+    - A 3-channel stem conv (e.g. conv1.weight (64, 3, 7, 7)) loaded into a 4-channel stem is
+      padded with a zero input channel, matching how the pipeline pads RGB with a zero fourth
+      channel, so outputs equal the 3-channel network's.
+    - Head weights (fc.*; classifier.3.* for MobileNetV3) whose shapes differ from the model's
+      head (num_classes changed) are skipped and keep their fresh init; their names are
+      returned, sorted.
     Anything else that is missing, unexpected or mis-shaped raises, as with strict=True.
     """
     state = dict(state_dict)
     own = model.state_dict()
-    stem, own_stem = state.get("conv1.weight"), own["conv1.weight"]
+    stem, own_stem = state.get(model.STEM_KEY), own[model.STEM_KEY]
     if stem is not None and stem.shape[1] < own_stem.shape[1] and stem.shape[0] == own_stem.shape[0]:
         pad = stem.new_zeros(stem.shape[0], own_stem.shape[1] - stem.shape[1], *stem.shape[2:])
-        state["conv1.weight"] = torch.cat([stem, pad], dim=1)
-    skipped = sorted(k for k in HEAD_KEYS if k in state and state[k].shape != own[k].shape)
+        state[model.STEM_KEY] = torch.cat([stem, pad], dim=1)
+    skipped = sorted(k for k in model.HEAD_KEYS if k in state and state[k].shape != own[k].shape)
     for k in skipped:
         del state[k]
     result = model.load_state_dict(state, strict=False)
@@ -35,14 +38,15 @@ def load_torchvision_state_dict(model: ResNet, state_dict: dict[str, torch.Tenso
     return skipped
 
 
-def freeze_stages(model: ResNet, num_frozen: int) -> None:
-    """Freeze the first `num_frozen` of the five stages (stem, layer1..layer4); the fc head
-    always trains. 0 freezes nothing, 1 the stem (conv1, bn1), 2 also layer1, ... 5 all.
+def freeze_stages(model: StagedModel, num_frozen: int) -> None:
+    """Freeze the first `num_frozen` of the five stages (ResNet: stem, layer1..layer4; MobileNetV3:
+    the features at output stride 2, 4, 8, 16, 32); the head always trains. 0 freezes nothing,
+    1 the stem (ResNet: conv1, bn1), 2 also layer1, ... 5 all.
 
     Frozen parameters get requires_grad=False (build the optimizer after calling this, or
     it still holds them); other stages are set trainable again, so calling it twice with
     different values does what the last call says. Frozen BatchNorm layers stay in eval mode
-    (running statistics fixed) because ResNet.train() re-applies `model.frozen_stages` on
+    (running statistics fixed) because StagedModel.train() re-applies `model.frozen_stages` on
     every call, so the trainer's usual model.train()/model.eval() needs nothing extra.
     """
     stages = model.stages()

@@ -4,27 +4,47 @@ v1.5: a downsampling bottleneck puts its stride on the 3x3 conv (conv2), not the
 this is what torchvision and NVIDIA's examples train (~0.5% top-1 over v1 at ~5% more MACs).
 Only plain Conv2d/BatchNorm2d/ReLU/MaxPool2d/AdaptiveAvgPool2d/Linear are used, so the whole
 network runs in channels_last memory format without layout conversions.
+
+Every conv's width can be given (`widths`, in module order): a channel-pruned ResNet
+(deploy/prune.py) is the same graph with narrower convs, rebuilt from that list alone.
 """
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from model.stages import StagedModel
+
 STEM_WIDTH = 64  # channels out of conv1, and of layer1's blocks before expansion
 
 
+@dataclass(frozen=True)
+class BlockSpec:
+    """One residual block: input channels, its convs' out-channels in module order (conv1,
+    conv2[, conv3][, downsample.0]), the stride, and whether it has a 1x1 projection shortcut."""
+
+    in_planes: int
+    widths: tuple[int, ...]
+    stride: int
+    project: bool
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34). Output channels = planes."""
+    """Two 3x3 convs (ResNet-18/34). Output channels = widths[1]."""
 
     expansion = 1
+    convs = 2
 
-    def __init__(self, in_planes: int, planes: int, stride: int, downsample: nn.Module | None):
+    def __init__(self, spec: BlockSpec):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        w = spec.widths
+        self.conv1 = nn.Conv2d(spec.in_planes, w[0], 3, stride=spec.stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
+        self.conv2 = nn.Conv2d(w[0], w[1], 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w[1])
+        self.downsample = projection(spec)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -38,21 +58,22 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (carries the stride: v1.5), 1x1 expand (ResNet-50/101/152).
-    Output channels = 4 * planes."""
+    Output channels = widths[2] (4 * planes in the standard net)."""
 
     expansion = 4
+    convs = 3
 
-    def __init__(self, in_planes: int, planes: int, stride: int, downsample: nn.Module | None):
+    def __init__(self, spec: BlockSpec):
         super().__init__()
-        out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
+        w = spec.widths
+        self.conv1 = nn.Conv2d(spec.in_planes, w[0], 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w[0])
+        self.conv2 = nn.Conv2d(w[0], w[1], 3, stride=spec.stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(w[1])
+        self.conv3 = nn.Conv2d(w[1], w[2], 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(w[2])
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
+        self.downsample = projection(spec)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
@@ -65,6 +86,14 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def projection(spec: BlockSpec) -> nn.Sequential | None:
+    """The 1x1 strided projection shortcut (created last so module order = widths order)."""
+    if not spec.project:
+        return None
+    return nn.Sequential(nn.Conv2d(spec.in_planes, spec.widths[-1], 1, stride=spec.stride, bias=False),
+                         nn.BatchNorm2d(spec.widths[-1]))
+
+
 # depth -> (block type, blocks per stage), as in He et al. 2015, table 1.
 ARCHITECTURES: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
@@ -75,66 +104,86 @@ ARCHITECTURES: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, i
 }
 
 
-class ResNet(nn.Module):
+def standard_widths(depth: int) -> list[int]:
+    """Every Conv2d's out-channels of the standard resnet{depth}, in module order."""
+    block, counts = ARCHITECTURES[depth]
+    widths = [STEM_WIDTH]
+    for i, count in enumerate(counts):
+        planes = STEM_WIDTH * 2**i
+        for j in range(count):
+            convs = [planes] * block.convs
+            convs[-1] = planes * block.expansion
+            widths += convs + ([planes * block.expansion] if has_projection(block, i, j) else [])
+    return widths
+
+
+def has_projection(block: type, stage: int, index: int) -> bool:
+    """The standard net's shortcut: a projection where the first block changes stride or width."""
+    return index == 0 and (stage > 0 or block.expansion != 1)
+
+
+def plan(depth: int, widths: list[int]) -> tuple[int, list[list[BlockSpec]]]:
+    """(stem width, the BlockSpecs of each stage) for resnet{depth} with these conv widths
+    ([] = the standard net). ValueError naming model.widths if the list does not fit: wrong
+    length, a width < 1, or a residual add of two different widths."""
+    standard = standard_widths(depth)
+    widths = list(widths) or standard
+    if len(widths) != len(standard):
+        raise ValueError(f"model.widths has {len(widths)} entries; resnet{depth} has {len(standard)} convs")
+    if min(widths) < 1:
+        raise ValueError(f"model.widths: every width must be >= 1, got {min(widths)}")
+    block, counts = ARCHITECTURES[depth]
+    it = iter(widths)
+    stem = in_planes = next(it)
+    stages = []
+    for i, count in enumerate(counts):
+        stage = []
+        for j in range(count):
+            project = has_projection(block, i, j)
+            w = tuple(next(it) for _ in range(block.convs + project))
+            shortcut = w[-1] if project else in_planes
+            if w[block.convs - 1] != shortcut:
+                raise ValueError(f"model.widths: layer{i + 1}.{j} adds a {shortcut}-channel shortcut to "
+                                 f"{w[block.convs - 1]} channels")
+            stage.append(BlockSpec(in_planes, w, 2 if i > 0 and j == 0 else 1, project))
+            in_planes = w[block.convs - 1]
+        stages.append(stage)
+    return stem, stages
+
+
+class ResNet(StagedModel):
     """ResNet for (N, in_channels, H, W) float images -> (N, num_classes) logits.
 
     Any H, W >= 32 px works (global average pooling); ImageNet uses 224 px for training
-    throughput numbers. `frozen_stages` (set by model.finetune.freeze_stages, default 0) names
-    how many leading stages keep their BatchNorm layers in eval mode through `train()`.
+    throughput numbers. `widths`: every conv's out-channels in module order ([] = standard).
     """
 
-    def __init__(self, depth: int, num_classes: int, zero_init_residual: bool, in_channels: int):
+    STEM_KEY = "conv1.weight"
+    HEAD_KEYS = ("fc.weight", "fc.bias")
+
+    def __init__(self, depth: int, num_classes: int, zero_init_residual: bool, in_channels: int,
+                 widths: list[int] = ()):
         super().__init__()
-        block, blocks_per_stage = ARCHITECTURES[depth]
-        self.frozen_stages = 0
-        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
+        block = ARCHITECTURES[depth][0]
+        stem, stages = plan(depth, list(widths))
+        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_planes = STEM_WIDTH
-        stages = []
-        for i, num_blocks in enumerate(blocks_per_stage):
-            planes = STEM_WIDTH * 2**i
-            stages.append(make_stage(block, in_planes, planes, num_blocks, stride=1 if i == 0 else 2))
-            in_planes = planes * block.expansion
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        # Names inside a stage are 0..num_blocks-1 like torchvision.
+        self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*map(block, s)) for s in stages)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(stages[-1][-1].widths[block.convs - 1], num_classes)
         init_weights(self, zero_init_residual)
 
     def stages(self) -> list[list[nn.Module]]:
         """The five units freeze_stages counts: the stem (conv1, bn1), then layer1..layer4."""
         return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
 
-    def train(self, mode: bool = True) -> "ResNet":
-        super().train(mode)
-        # Frozen stages keep their running statistics: re-assert eval after every train().
-        for stage in self.stages()[: self.frozen_stages]:
-            for module in stage:
-                for m in module.modules():
-                    if isinstance(m, nn.BatchNorm2d):
-                        m.eval()
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def make_stage(block, in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-    """One stage: the first block changes stride/width (with a 1x1 projection shortcut when
-    the shape changes), the rest keep it. Names inside are 0..num_blocks-1 like torchvision."""
-    out_planes = planes * block.expansion
-    downsample = None
-    if stride != 1 or in_planes != out_planes:
-        downsample = nn.Sequential(
-            nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-            nn.BatchNorm2d(out_planes),
-        )
-    blocks = [block(in_planes, planes, stride, downsample)]
-    blocks += [block(out_planes, planes, 1, None) for _ in range(num_blocks - 1)]
-    return nn.Sequential(*blocks)
 
 
 @torch.no_grad()

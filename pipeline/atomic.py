@@ -31,18 +31,18 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
-    """`with atomic_file(p) as f: f.write(...)`: `p` appears, complete, only when the block ends
-    without an error. An OSError in the block (disk full, read-only folder) that names no other
-    file is re-raised naming `p`. `durable=False` skips the fsyncs (disposable data: a kill still
-    leaves no partial file under `p`, a power cut may)."""
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+    """`with atomic_path(p) as tmp: writer(tmp)`: for writers that take a file name (torch.onnx.export,
+    ONNX Runtime). `p` appears, complete, only when the block ends without an error. An OSError in
+    the block (disk full, read-only folder) that names no other file is re-raised naming `p`.
+    `durable=False` skips the fsyncs (disposable data: a kill still leaves no partial file under
+    `p`, a power cut may)."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            if durable:
-                f.flush()
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if durable:
@@ -53,6 +53,13 @@ def atomic_file(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
         raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
+    """`with atomic_file(p) as f: f.write(...)`: atomic_path with the file opened for writing."""
+    with atomic_path(path, durable) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:

@@ -9,6 +9,7 @@ on stderr naming the file); 1 an input pipeline failure that is not about the da
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict
+from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
 from pipeline.atomic import atomic_write
 from pipeline.dali import PipelineError
 from pipeline.loader import build_loader
@@ -195,6 +196,11 @@ def build_net(cfg: Config, start: tuple[str, dict] | None, log: MetricsLog) -> n
 
 def run(cfg: Config, info: DistInfo) -> int:
     t_start = time.perf_counter()
+    if cfg.train.finetune.weights:  # a pruned file (deploy.prune) carries its conv widths: build that net
+        try:
+            cfg = dataclasses.replace(cfg, model=stored_model_config(cfg.train.finetune.weights, cfg.model))
+        except ValueError as e:
+            raise ckpt.CheckpointError(str(e)) from None
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
