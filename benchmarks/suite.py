@@ -25,7 +25,7 @@ from benchmarks.timing import endless, rate, resolve_device
 from benchmarks.verdict import mfu, verdict
 from model import ModelConfig, build_model, flops_per_image
 from pipeline.loader import build_loader
-from train.amp import Precision
+from train.amp import Precision, resolve_amp
 from train.backend import configure_backends, sync
 from train.config import OptimConfig
 from train.engine import StepParts, train_step
@@ -41,7 +41,7 @@ def measured_peak(device: torch.device, amp: str) -> float:
     """FLOP/s of a square matmul in the training dtype (what autocast runs the convs in), median of
     3. The side doubles from 256 until one matmul takes 50 ms (8192 at most on a GPU, 2048 on a CPU),
     so a CPU without native bf16 (a slow reference kernel) is measured in seconds, not minutes."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_amp(amp, device), torch.float32)
     n, largest = 256, 8192 if device.type == "cuda" else 2048
 
     def seconds(a: torch.Tensor, reps: int) -> float:
@@ -170,7 +170,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(p, batch_size=256)
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "off"))
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="auto: bf16 where the device has it natively, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile is warm-up)")
     p.add_argument("--loaders", default="dali,baseline", help="the first one gets the verdict")
     p.add_argument("--stages", default="read,decode,train", help="pipeline-only stages")

@@ -171,8 +171,6 @@ def test_widths_are_for_resnets_only():
 
 
 def test_bn_momentum_overrides_the_architectures_own():
-    from torch import nn
-
     def momenta(cfg):
         return {m.momentum for m in build_model(cfg).modules() if isinstance(m, nn.BatchNorm2d)}
 

@@ -114,3 +114,21 @@ def test_mixup_and_cutmix_are_reproducible():
         assert pasted == pytest.approx(1 - lam, abs=1e-6)
         lams.append(lam)
     assert len(set(lams)) > 1
+
+
+@pytest.mark.parametrize("flags, expect", [("fpu avx2 avx512f", "off"), ("fpu avx512f avx512_bf16", "bf16"),
+                                           ("fpu amx_bf16 amx_tile", "bf16")])
+def test_amp_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path, flags, expect):
+    from train import amp
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(amp, "open", fake_open, raising=False)
+    assert amp.resolve_amp("auto", torch.device("cpu")) == expect
+    assert Precision("auto", torch.device("cpu")).amp == expect
+    assert amp.resolve_amp("fp16", torch.device("cpu")) == "fp16"  # explicit modes are kept

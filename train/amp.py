@@ -7,14 +7,37 @@ import contextlib
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively. A CPU without AVX-512 BF16 or AMX runs bf16
+    autocast through reference kernels: 5x slower than fp32 on an AVX2-only EPYC (measured)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the device has native bf16, else "off"; other modes as given."""
+    if amp != "auto":
+        return amp
+    return "bf16" if native_bf16(torch.device(device)) else "off"
 
 
 class Precision:
     """`amp` is "bf16" (autocast, no scaler: bf16 has fp32's exponent range), "fp16" (autocast
-    + GradScaler against gradient underflow) or "off" (fp32; the loader's fp16 images are cast)."""
+    + GradScaler against gradient underflow), "off" (fp32; the loader's fp16 images are cast), or
+    "auto" (bf16 where the device has native bf16, else off)."""
 
     def __init__(self, amp: str, device: torch.device):
-        self.amp, self.device = amp, device
+        self.amp, self.device = resolve_amp(amp, device), device
+        amp = self.amp
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -24,7 +24,7 @@ import yaml
 from model import ModelConfig
 from pipeline.config import DataConfig
 
-AMP_MODES = ("bf16", "fp16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 
 
@@ -60,7 +60,7 @@ class FinetuneConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 90
-    amp: str = "bf16"  # bf16 | fp16 (with GradScaler) | off
+    amp: str = "auto"  # auto (bf16 where the device has it natively, else off) | bf16 | fp16 (with GradScaler) | off
     channels_last: bool = True
     # torch.compile mode for the training model: none | default | max-autotune | reduce-overhead
     # (CUDA graphs). The first steps of each image size compile (outside the timed region).

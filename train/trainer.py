@@ -225,6 +225,9 @@ def run(cfg: Config, info: DistInfo) -> int:
     peak = peak_lr(cfg.optim, global_batch, finetune.lr_scale if finetune.weights else 1.0)
     optimizer = build_optimizer(net, cfg.optim, peak, fused=dev.type == "cuda")
     precision = Precision(cfg.train.amp, dev)
+    if precision.amp != cfg.train.amp:
+        log.line(f"train.amp auto -> {precision.amp}" + ("" if precision.amp == "bf16" else
+                 " (this device has no native bf16: autocast would run reference kernels, slower than fp32)"))
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
     progress = Progress()
     if start is not None:
