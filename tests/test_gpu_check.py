@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from train.config import TrainConfig
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 ENV = {**os.environ, "PYTHON": sys.executable}
@@ -44,16 +42,13 @@ def test_dry_run_runs_every_step_and_records_each_row(tmp_path):
     r = rows(tmp_path)
     log = p.stdout[-4000:] + p.stderr[-2000:]
     expected = ["preflight", "data", "suite", "tiny", "startup", "torchvision", "tests_gpu", "train_compile_none",
-                "train_channels4", "sweep_hw0.3_t2", "sweep_hw0.9_t1", "compile_default",
+                "train_channels4", "sweep_hw0.3_t1", "compile_default",
                 "compile_reduce-overhead", "compile_max-autotune"]
     assert [n for n in r if n != "install"] == expected, log
     assert all(x["status"] in STATUSES and x["seconds"] >= 0 for x in r.values())
-    for name in ("preflight", "data", "suite", "tiny", "startup", "tests_gpu", "sweep_hw0.3_t2", "sweep_hw0.9_t1"):
+    for name in ("preflight", "data", "suite", "tiny", "startup", "tests_gpu", "sweep_hw0.3_t1",
+                 "train_compile_none", "train_channels4"):
         assert r[name]["status"] == "ok", (name, r[name], log)
-    # the trainer's compile modes (none|default|...) are what train_compile_none runs
-    trainer_ok = isinstance(TrainConfig().compile, str)
-    for name in ("train_compile_none", "train_channels4"):
-        assert r[name]["status"] == ("ok" if trainer_ok else "failed"), (name, r[name])
     for mode in ("default", "reduce-overhead", "max-autotune"):
         assert r[f"compile_{mode}"]["status"] == "skipped" and "dry run" in r[f"compile_{mode}"]["figures"]["note"]
     tv = r["torchvision"]

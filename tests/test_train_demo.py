@@ -1,5 +1,5 @@
-"""The demo recipe end to end (what `make demo` runs): ResNet-50 at 64 px on the 10-class
-synthetic ImageNet must reach val top-1 >= 30% (3x chance). About 2 minutes on 2 CPU cores."""
+"""The demo recipe end to end (what `make demo` runs): ResNet-50 at 48 px on the 10-class
+synthetic ImageNet must reach val top-1 >= 30% (3x chance). A few minutes on 2 CPU cores."""
 
 import json
 import os
