@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from deploy.io import DeployError
@@ -26,11 +25,9 @@ def load_model_file(path: str | Path) -> dict:
     """A trainer checkpoint or a pruned file, loaded to the CPU with weights_only=True.
     DeployError naming the file when it is missing, unreadable, pickles code, or is neither."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DeployError(f"{path}: no such file") from None
-    except Exception as e:  # a truncated zip, a bad pickle, a forbidden global...
-        raise DeployError(f"{path}: unreadable or not weights-only ({ckpt.first_line(e)})") from None
+        state = ckpt.safe_load(path)
+    except ckpt.CheckpointError as e:
+        raise DeployError(str(e)) from None
     if not isinstance(state, dict):
         raise DeployError(f"{path}: not a firehose checkpoint or pruned model")
     required = ("model", "config") if state.get("kind") == PRUNED_KIND else ckpt.REQUIRED

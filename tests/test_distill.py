@@ -68,7 +68,7 @@ def test_teacher_from_a_checkpoint_takes_the_selected_weights(tmp_path):
 
 @pytest.mark.parametrize("case, needle", [
     ("missing", "no such teacher file"), ("other architecture", "holds a resnet18, but distill.teacher_model"),
-    ("other classes", "head does not have the student's 10 classes"), ("pickle", "weights_only=True")])
+    ("other classes", "head does not have the student's 10 classes"), ("pickle", "not weights-only")])
 def test_bad_teachers_are_one_line_errors(tmp_path, case, needle):
     path, model = tmp_path / "t.pt", "resnet18"
     if case == "other architecture":

@@ -108,15 +108,21 @@ def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint to the CPU with weights_only=True; CheckpointError on anything wrong,
-    including a pickle that asks to import or call anything (it is never run)."""
+def safe_load(path: str | Path, what: str = "file") -> object:
+    """torch.load to the CPU with weights_only=True: the one way this project reads a .pt file.
+    CheckpointError naming the file when it is missing, unreadable, or a pickle that asks to
+    import or call anything (it is never run)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
+        raise CheckpointError(f"{path}: no such {what}") from None
     except Exception as e:  # a truncated zip, a bad pickle, a forbidden global...
         raise CheckpointError(f"{path}: unreadable or not weights-only ({first_line(e)})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A firehose checkpoint (safe_load); CheckpointError on anything wrong."""
+    state = safe_load(path, "checkpoint")
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path}: not a firehose checkpoint (missing keys)")
     if state["format"] != FORMAT:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import ModelConfig, build_model, load_torchvision_state_dict
-from train.checkpoint import CheckpointError, first_line
+from train.checkpoint import CheckpointError, first_line, safe_load
 from train.config import DistillConfig
 
 
@@ -42,13 +42,7 @@ def load_teacher(cfg: DistillConfig, num_classes: int, in_channels: int) -> nn.M
     """The teacher on the CPU: a firehose checkpoint (the weights its best score came from: EMA or
     model) or a torchvision-format state dict of `cfg.teacher_model`. Loaded with weights_only=True;
     CheckpointError naming the file if it cannot be read or does not fit."""
-    try:
-        state = torch.load(cfg.teacher, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{cfg.teacher}: no such teacher file (distill.teacher)") from None
-    except Exception as e:
-        raise CheckpointError(f"{cfg.teacher}: cannot load the teacher with weights_only=True "
-                              f"({first_line(e)})") from None
+    state = safe_load(cfg.teacher, "teacher file (distill.teacher)")
     if isinstance(state, dict) and "config" in state and "model" in state:  # a firehose checkpoint
         weights = state["ema"] if state.get("selected_weights") == "ema" and state.get("ema") else state["model"]
         model_cfg = ModelConfig(**state["config"]["model"])

@@ -80,11 +80,7 @@ def find_start(cfg: Config, info: DistInfo) -> tuple[str, dict] | None:
 
 def load_weights(net: nn.Module, path: str) -> list[str]:
     """Fine-tuning start: a torchvision-format state dict (or a firehose checkpoint's "model")."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ckpt.CheckpointError(f"{path}: cannot load weights with weights_only=True "
-                                   f"({ckpt.first_line(e)})") from None
+    state = ckpt.safe_load(path, "weights file (train.finetune.weights)")
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         return load_torchvision_state_dict(net, state)
