@@ -32,6 +32,7 @@ from deploy.export import export_onnx
 from deploy.io import DeployError
 from deploy.model_file import build_from_file, load_model_file
 from model import ModelConfig, build_model, flops_per_image
+from pipeline.atomic import atomic_write
 from train.provenance import provenance
 
 COLUMNS = ("row", "latency_b1_ms", "img_per_s", "top1", "gflop_per_img", "note")
@@ -141,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
               "provenance": provenance(torch.device("cpu"))}
     command = "python -m benchmarks.infer " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write(args.json, (json.dumps(result, indent=2) + "\n").encode())
     if args.markdown:
-        Path(args.markdown).write_text(markdown(result, command))
+        atomic_write(args.markdown, markdown(result, command).encode())
     return 0
 
 
