@@ -28,6 +28,7 @@ from pipeline.loader import build_loader
 from train.amp import Precision, resolve_amp
 from train.backend import configure_backends, sync
 from train.config import OptimConfig
+from train.distill import Distiller
 from train.engine import StepParts, train_step
 from train.optim import build_optimizer
 from train.profile import Profiler
@@ -79,9 +80,13 @@ def step_parts(args, device: torch.device, num_classes: int) -> StepParts:
     net = net.to(device, memory_format=torch.channels_last)
     model = torch.compile(net, dynamic=False) if args.compile else net
     optim_cfg = OptimConfig()
+    distiller = None
+    if args.teacher:  # a distillation step: the teacher's forward is part of every step (random weights: speed)
+        teacher = build_model(ModelConfig(name=args.teacher, num_classes=num_classes))
+        distiller = Distiller(teacher.to(device, memory_format=torch.channels_last), alpha=0.5, temperature=4.0)
     return StepParts(model, build_optimizer(net, optim_cfg, 0.1, fused=device.type == "cuda"),
                      Precision(args.amp, device), nn.CrossEntropyLoss(label_smoothing=0.1), None, optim_cfg,
-                     total_steps=10**9, warmup_steps=0, peak_lr=0.1, mix_seed=0)
+                     total_steps=10**9, warmup_steps=0, peak_lr=0.1, mix_seed=0, distiller=distiller)
 
 
 def train_rate(parts: StepParts, batches, args, device: torch.device) -> dict:
@@ -170,6 +175,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(p, batch_size=256)
     p.add_argument("--model", default="resnet50")
+    p.add_argument("--teacher", help="time distillation steps from this teacher architecture (e.g. resnet50)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="auto: bf16 where the device has it natively, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile is warm-up)")

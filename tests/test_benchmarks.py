@@ -101,3 +101,15 @@ def test_shard_bench_runs(synthetic, tmp_path):
     assert r["images"] == n and r["provenance"]["git_commit"]
     assert r["header_over_tar"] == pytest.approx(r["seconds"]["shard_header"] / r["seconds"]["tar"])
     assert r["decode_vs_pil"] == pytest.approx(r["seconds"]["pil_decode"] / r["seconds"]["shard_decode"])
+
+
+def test_suite_times_distillation_steps():
+    """--teacher: the suite's timed steps are distillation steps (the teacher's forward in each)."""
+    import torch
+
+    cpu = torch.device("cpu")
+    parts = suite.step_parts(suite.parse_args(["--data", "x", "--model", "resnet18", "--teacher", "resnet18"]),
+                             cpu, 10)
+    assert parts.distiller is not None and not parts.distiller.teacher.training
+    assert not any(p.requires_grad for p in parts.distiller.teacher.parameters())
+    assert suite.step_parts(suite.parse_args(["--data", "x", "--model", "resnet18"]), cpu, 10).distiller is None
