@@ -21,9 +21,9 @@ def dali_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Callable
         return endless(loader.epoch), lambda b: len(b[1]), None
     dec = dali.Decoder(loader.device_id, loader.cfg.hw_decoder_load)
     stages = [] if stage == "read" else [dali.decode(dec)]
-    files, _ = loader.epoch_files(0)
-    pipe = dali.build_pipeline(loader.cfg, files, loader.rank, loader.world, loader.device_id,
-                               epoch_seed(loader.cfg.seed, 0, loader.rank), stages, loader.train, loader.threads)
+    with loader.rank_share(0) as inputs:
+        pipe = dali.build_pipeline(loader.cfg, inputs, loader.device_id, epoch_seed(loader.cfg.seed, 0, loader.rank),
+                                   stages, loader.train, loader.threads)
     batches = iter(pipe.run, None)  # the reader wraps around at the end of its shard
     nbytes = (lambda b: int(sum(np.prod(s) for s in b[0].shape()))) if stage == "read" else None
     return batches, lambda b: len(b[1]), nbytes

@@ -2,7 +2,7 @@
 process start, each epoch boundary's stall, and memory over epochs. No model.
 
     python -m benchmarks.startup --data DIR [--device cpu|gpu] [--loader dali] [--image-size PX]
-        [--batch-size N] [--epochs E] [--threads N] --json OUT
+        [--batch-size N] [--epochs E] [--threads N] [--rank R --world W] --json OUT
 
 `first_batch_s` counts from the PROCESS START (the kernel's start time of this process, read from
 /proc/self/stat), so it includes the interpreter, every import (torch, DALI), reading the manifest,
@@ -118,10 +118,15 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads = baseline workers")
+    p.add_argument("--rank", type=int, default=0, help="read this rank's share of a --world-rank job")
+    p.add_argument("--world", type=int, default=1, help="ranks of the job (one process plays --rank; a loader "
+                   "needs only its rank and the world size)")
     p.add_argument("--json", required=True, help="write the figures here")
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if not 0 <= args.rank < args.world:
+        p.error(f"--rank must be in [0, --world), got {args.rank} of {args.world}")
     return args
 
 
@@ -133,15 +138,17 @@ def main(argv=None) -> int:
     if args.loader == "dali":
         import nvidia.dali  # noqa: F401  (counted with the imports, not with build_loader)
     t_imported = time.perf_counter()
-    loader = build_loader(cfg, "train", 0, 1, device)
+    loader = build_loader(cfg, "train", args.rank, args.world, device)
     t_built = time.perf_counter()
     t = drive(loader, args.epochs, device)
     r = {**figures(t, (t_imported, t_built)), "samples": loader.num_samples, "batches_per_epoch": len(loader),
-         "images_per_epoch": t["images"], "shards": len(loader.split.files), "args": vars(args),
+         "images_per_epoch": t["images"], "shards": len(loader.split.files),
+         "rank_shards": len(loader.rank_files(0)), "args": vars(args),
          "provenance": provenance(device)}
     atomic_write(args.json, (json.dumps(r, indent=1) + "\n").encode())
     turn = ", ".join(f"{x:.3f}" for x in r["turnover_s"]) or "-"
-    print(f"{args.loader} on {device}: first batch {r['first_batch_s']:.2f} s after process start "
+    share = f" (rank {args.rank} of {args.world})" if args.world > 1 else ""
+    print(f"{args.loader} on {device}{share}: first batch {r['first_batch_s']:.2f} s after process start "
           f"({', '.join(f'{k} {v:.2f}' for k, v in r['phases_s'].items())}); epochs "
           f"{', '.join(f'{s:.1f}' for s in r['epoch_s'])} s; turnover {turn} s; {r['img_per_s']:.0f} img/s; "
           f"RSS {', '.join(f'{m:.0f}' for m in r['rss_mb'])} MiB")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,10 +46,25 @@ def shuffled_files(split: SplitInfo, seed: int, epoch: int) -> tuple[list[str], 
     return [str(split.files[i]) for i in order], [split.shard_lengths[i] for i in order]
 
 
-def files_in_range(files: list[str], lengths: list[int], start: int, end: int) -> list[str]:
-    """The files holding samples [start, end) of their concatenation, in order."""
-    first = np.cumsum([0, *lengths])
-    return [f for f, s, n in zip(files, first, lengths) if s < end and s + n > start]
+@dataclass(frozen=True)
+class Piece:
+    """Samples [first, stop) of a shard of `length` samples (indexes within the shard)."""
+
+    file: str
+    first: int
+    stop: int
+    length: int
+
+    @property
+    def whole(self) -> bool:
+        return self.first == 0 and self.stop == self.length
+
+
+def pieces_in_range(files: list[str], lengths: list[int], start: int, end: int) -> list[Piece]:
+    """The parts of `files` that hold samples [start, end) of their concatenation, in order."""
+    first = np.cumsum([0, *lengths]).tolist()
+    return [Piece(f, max(start - s, 0), min(end - s, n), n)
+            for f, s, n in zip(files, first, lengths) if s < end and s + n > start]
 
 
 class Loader:
@@ -92,8 +108,12 @@ class Loader:
 
     def rank_files(self, epoch: int) -> list[str]:
         """The shards this rank reads in `epoch`, in order (where a bad sample must be)."""
+        return [p.file for p in self.rank_pieces(epoch)]
+
+    def rank_pieces(self, epoch: int) -> list[Piece]:
+        """This rank's samples of `epoch` as parts of shards, in reading order."""
         files, lengths = self.epoch_files(epoch)
-        return files_in_range(files, lengths, *rank_range(sum(lengths), self.rank, self.world))
+        return pieces_in_range(files, lengths, *rank_range(sum(lengths), self.rank, self.world))
 
     def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         """Batches skip..len(self)-1 of `epoch`: skip > 0 resumes mid-epoch with the same batches an

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,7 +43,8 @@ from pipeline.base import Batch, Loader, epoch_seed
 from pipeline.check import check_index, first_problem
 from pipeline.config import DataConfig
 from pipeline.labels import parse_labels
-from pipeline.shards import ShardError, idx_path
+from pipeline.shards import ShardError
+from pipeline.share import ReaderInputs, reader_inputs
 
 # GPU decoder buffers sized for ImageNet's large photos up front, so memory does not grow (and
 # no reallocation stalls) over epochs; the values of NVIDIA's ResNet-50 reference pipeline.
@@ -149,28 +149,25 @@ def val_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
 
 # --- the pipeline ---------------------------------------------------------------------------------
 
-def read_shards(files: list[str], shard_id: int, num_shards: int, shuffle_buffer: int, train: bool):
+def read_shards(inputs: ReaderInputs, shuffle_buffer: int, train: bool):
     """Encoded jpg bytes, ASCII cls bytes (zero-padded) and each sample's source ('shard.tar:offset:name')."""
-    idx = [str(idx_path(f)) for f in files]
-    have_idx = all(os.path.exists(i) for i in idx)  # else DALI scans the tars itself
     jpg, cls = fn.readers.webdataset(
-        paths=files, index_paths=idx if have_idx else None, ext=["jpg", "cls"],
-        missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
+        paths=inputs.paths, index_paths=inputs.index_paths, ext=["jpg", "cls"],
+        missing_component_behavior="error", shard_id=inputs.shard_id, num_shards=inputs.num_shards,
         random_shuffle=train, initial_fill=shuffle_buffer, pad_last_batch=not train,
         stick_to_shard=True, name="reader")
     return jpg, fn.pad(cls, fill_value=0), fn.get_property(jpg, key="source_info")
 
 
-def build_pipeline(cfg: DataConfig, files: list[str], shard_id: int, num_shards: int, device_id: int | None,
-                   seed: int, stages: list[Stage], train: bool, num_threads: int,
-                   position: bytes | None = None) -> Pipeline:
-    """A built pipeline: this rank's share of `files`, then `stages` in order. Outputs (images,
-    cls bytes, sources). With no stages the images are the encoded bytes (the benchmarks' read stage).
-    Training pipelines keep DALI checkpoints (reader position and RNG states): built from
-    `position` (`Pipeline.checkpoint()` of an identical pipeline), one continues where that one was."""
+def build_pipeline(cfg: DataConfig, inputs: ReaderInputs, device_id: int | None, seed: int,
+                   stages: list[Stage], train: bool, num_threads: int, position: bytes | None = None) -> Pipeline:
+    """A built pipeline: the reader over `inputs` (a rank's share), then `stages` in order. Outputs
+    (images, cls bytes, sources). With no stages the images are the encoded bytes (the benchmarks'
+    read stage). Training pipelines keep DALI checkpoints (reader position and RNG states): built
+    from `position` (`Pipeline.checkpoint()` of an identical pipeline), one continues where that one was."""
     @pipeline_def(enable_conditionals=train and cfg.auto_augment != "none")
     def pipe():
-        images, cls, src = read_shards(files, shard_id, num_shards, cfg.shuffle_buffer, train)
+        images, cls, src = read_shards(inputs, cfg.shuffle_buffer, train)
         for stage in stages:
             images = stage(images)
         return images, cls, src
@@ -262,21 +259,25 @@ class DaliLoader(Loader):
             self._hold((images, labels))
 
     def _build(self, epoch: int, size: int, position: bytes | None = None) -> Pipeline:
-        files, _ = self.epoch_files(epoch)
         dec = Decoder(self.device_id, self.cfg.hw_decoder_load)
         stages = (train_stages if self.train else val_stages)(self.cfg, size, dec)
         try:
-            pipe = build_pipeline(self.cfg, files, self.rank, self.world, self.device_id,
-                                  epoch_seed(self.cfg.seed, epoch, self.rank), stages, self.train, self.threads,
-                                  position)
+            with self.rank_share(epoch) as inputs:
+                pipe = build_pipeline(self.cfg, inputs, self.device_id, epoch_seed(self.cfg.seed, epoch, self.rank),
+                                      stages, self.train, self.threads, position)
         except RuntimeError as e:
             raise self._explain(e, epoch) from None
-        if pipe.reader_meta("reader")["epoch_size"] != self.split.num_samples:  # a shard shorter than listed
-            for tar, n in zip(self.split.files, self.split.shard_lengths):
+        found = pipe.reader_meta("reader")["epoch_size"]
+        if found != (self.num_samples if inputs.num_shards == 1 else self.split.num_samples):
+            for tar, n in zip(self.split.files, self.split.shard_lengths):  # a shard shorter than listed
                 check_index(tar, n)  # raises, naming the shard
-            raise ShardError(f"{self.cfg.path}: DALI finds {pipe.reader_meta('reader')['epoch_size']} samples, "
-                             f"the manifest lists {self.split.num_samples}")
+            raise ShardError(f"{self.cfg.path}: DALI finds {found} samples where the manifest lists them "
+                             f"as {self.split.num_samples} in all")
         return pipe
+
+    def rank_share(self, epoch: int) -> contextlib.AbstractContextManager[ReaderInputs]:
+        """The reader's inputs for this rank's share of `epoch`; build the pipeline inside the context."""
+        return reader_inputs(self.epoch_files(epoch)[0], self.rank_pieces(epoch), self.rank, self.world)
 
     def _start(self, epoch: int, size: int, position: bytes | None = None) -> tuple[Pipeline, tuple]:
         """A training epoch's pipeline and its first batch (the prefetch queue fills behind it)."""

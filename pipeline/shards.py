@@ -93,6 +93,17 @@ def read_idx(path: str | Path) -> list[list[Member]]:
     return samples
 
 
+def slice_idx(path: str | Path, first: int, stop: int) -> str:
+    """The index text of samples [first, stop) of a shard, from its index's lines as they are (the
+    offsets are within the tar, so the shard is read through it unchanged). ShardError naming the
+    file when the index has fewer lines than that."""
+    with open(path) as f:
+        lines = f.read().splitlines()[1 + first : 1 + stop]
+    if len(lines) != stop - first:
+        raise ShardError(f"{path}: index lists fewer than {stop} samples")
+    return "\n".join([f"{IDX_VERSION} {stop - first}", *lines]) + "\n"
+
+
 def scan_tar(path: str | Path) -> list[Member]:
     """Regular-file members of a tar with their data offsets, read from the headers only.
 

@@ -11,7 +11,8 @@ from conftest import BAD, GOOD, jpeg_bytes, make_shard, tamper_index, truncate
 from pipeline import dali
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
-from pipeline.shards import ShardError, load_split, scan_tar
+from pipeline.shards import ShardError, idx_path, load_split, scan_tar
+from pipeline.share import ReaderInputs
 
 CPU = torch.device("cpu")
 LOADERS = ["dali", "baseline"]
@@ -78,16 +79,41 @@ def test_distributed_val_counts_every_image_once(shards, loader, world):
 
 def test_ranks_read_disjoint_samples_covering_the_dataset(shards):
     split = load_split(shards, "train")
-    files = [str(f) for f in split.files]
     keys = []
     for rank in range(2):
-        pipe = dali.build_pipeline(cfg(shards, batch_size=1), files, rank, 2, None, 0, [], False, 1)
-        n = pipe.reader_meta()["reader"]["epoch_size"]
-        start, end = n * rank // 2, n * (rank + 1) // 2
-        keys.append({bytes(pipe.run()[2].as_array()[0]).decode() for _ in range(start, end)})
+        loader = build_loader(cfg(shards, batch_size=1), "train", rank, 2, CPU)
+        with loader.rank_share(0) as inputs:
+            pipe = dali.build_pipeline(loader.cfg, inputs, None, 0, [], False, 1)
+        keys.append({bytes(pipe.run()[2].as_array()[0]).decode() for _ in range(loader.num_samples)})
     assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == split.num_samples
     lens = {len(build_loader(cfg(shards, loader), "train", r, 2, CPU)) for r in range(2) for loader in LOADERS}
     assert lens == {split.num_samples // 2 // 16}
+
+
+def sources(outputs) -> list[bytes]:
+    """Each sample's 'shard.tar:offset:name' in a DALI batch."""
+    return [bytes(outputs[2].at(i)) for i in range(len(outputs[2]))]
+
+
+@pytest.mark.parametrize("world", [3, 4])
+def test_a_rank_parses_only_its_shards_and_reads_what_dali_sharding_reads(shards, world):
+    """Each rank's pipeline gets only the shards holding its samples (whole, or through an index
+    trimmed to its samples), and yields what DALI's own sample sharding over every shard yields."""
+    split = load_split(shards, "train")
+    for rank in range(world):
+        loader = build_loader(cfg(shards, shuffle_buffer=8), "train", rank, world, CPU)
+        files = loader.epoch_files(1)[0]
+        seed = 1234 + rank
+        with loader.rank_share(1) as inputs:
+            mine = dali.build_pipeline(loader.cfg, inputs, None, seed, [], True, 1)
+            assert inputs.num_shards == 1 and inputs.paths == loader.rank_files(1)
+            assert len(inputs.paths) < len(split.files)
+        everything = ReaderInputs(files, [str(idx_path(f)) for f in files], rank, world)
+        theirs = dali.build_pipeline(loader.cfg, everything, None, seed, [], True, 1)
+        assert mine.reader_meta("reader")["epoch_size"] == loader.num_samples
+        for _ in range(len(loader) + 1):  # past the end of the share: the reader wraps the same way
+            a, b = mine.run(), theirs.run()
+            assert sources(a) == sources(b) and sources(a)
 
 
 def test_dali_is_deterministic_per_seed_and_epoch(shards):

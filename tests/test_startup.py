@@ -122,16 +122,21 @@ def test_first_batch_counts_from_process_start():
     assert 0.45 <= float(out.stdout) < 5  # the sleep before the import is counted
 
 
-@pytest.mark.parametrize("loader", ["dali", "baseline"])
-def test_startup_benchmark_writes_every_figure(tiny, tmp_path, loader):
+@pytest.mark.parametrize(("loader", "rank", "world"), [("dali", 1, 3), ("baseline", 0, 1)])
+def test_startup_benchmark_writes_every_figure(tiny, tmp_path, loader, rank, world):
     out = tmp_path / "s.json"
     subprocess.run([sys.executable, "-m", "benchmarks.startup", "--data", str(tiny), "--device", "cpu",
                     "--loader", loader, "--image-size", str(SIZE), "--batch-size", "64", "--epochs", "3",
-                    "--threads", "2", "--json", str(out)], env=ENV, check=True, capture_output=True, timeout=300)
+                    "--threads", "2", "--rank", str(rank), "--world", str(world), "--json", str(out)],
+                   env=ENV, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
     info = json.loads((tiny / "_info.json").read_text())["splits"]["train"]
-    assert r["samples"] == sum(info["shard_lengths"]) and r["shards"] == len(info["filenames"])
-    assert r["batches_per_epoch"] == r["samples"] // 64 and r["images_per_epoch"] == [r["samples"] // 64 * 64] * 3
+    n, (per_shard,) = sum(info["shard_lengths"]), set(info["shard_lengths"])  # equal shards: any order
+    a, b = n * rank // world, n * (rank + 1) // world
+    assert r["samples"] == b - a and r["shards"] == len(info["filenames"])
+    assert r["rank_shards"] == sum(k * per_shard < b and (k + 1) * per_shard > a for k in range(r["shards"]))
+    batches = n // world // 64  # the smallest rank's
+    assert r["batches_per_epoch"] == batches and r["images_per_epoch"] == [batches * 64] * 3
     assert len(r["epoch_s"]) == len(r["rss_mb"]) == 3 and len(r["turnover_s"]) == 2
     assert all(s > 0 for s in r["epoch_s"]) and all(m > 50 for m in r["rss_mb"])
     assert r["img_per_s"] == pytest.approx(sum(r["images_per_epoch"]) / sum(r["epoch_s"]))
