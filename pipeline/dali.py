@@ -10,6 +10,9 @@ Decoding is `mixed` (nvJPEG and the hardware JPEG decoder) on a GPU and `cpu` ot
 batch permuted to NCHW is already channels-last, so the tensor DALI wrote is given to PyTorch as
 is (DLPack: no copy, no transpose).
 
+Each rank's reader is given only the shards holding its samples (pipeline/share.py), so a rank
+parses and holds its share of the index, not the whole dataset's.
+
 Epochs stream back to back: a training pipeline reads one epoch's shard order, so while epoch e
 runs, the pipeline of epoch e+1 (at its image size) is built in a background thread and its first
 batch decoded; when epoch e ends, epoch e+1's first batch is already there. The validation
@@ -267,12 +270,12 @@ class DaliLoader(Loader):
                                       stages, self.train, self.threads, position)
         except RuntimeError as e:
             raise self._explain(e, epoch) from None
-        found = pipe.reader_meta("reader")["epoch_size"]
-        if found != (self.num_samples if inputs.num_shards == 1 else self.split.num_samples):
-            for tar, n in zip(self.split.files, self.split.shard_lengths):  # a shard shorter than listed
-                check_index(tar, n)  # raises, naming the shard
-            raise ShardError(f"{self.cfg.path}: DALI finds {found} samples where the manifest lists them "
-                             f"as {self.split.num_samples} in all")
+        found = pipe.reader_meta("reader")["epoch_size"]  # the samples of the shards it was given
+        expected = self.num_samples if inputs.num_shards == 1 else self.split.num_samples
+        if found != expected:
+            for piece in self.rank_pieces(epoch):  # a shard shorter than listed
+                check_index(piece.file, piece.length)  # raises, naming the shard
+            raise ShardError(f"{self.cfg.path}: DALI finds {found} samples where the manifest lists {expected}")
         return pipe
 
     def rank_share(self, epoch: int) -> contextlib.AbstractContextManager[ReaderInputs]:
