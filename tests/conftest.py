@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,11 @@ BATCH = 8  # the tiny runs' batch size
 TINY = ["data.loader=dali", f"data.batch_size={BATCH}", "data.image_size=32", "data.val_image_size=32",
         "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "optim.warmup_epochs=0.5",
         "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9", "train.deterministic=true"]
+
+
+# The reference run the resume tests compare against: 3 epochs, resized at epoch 2, two threads.
+REFERENCE = [*TINY, "data.num_threads=2", "train.epochs=3", "train.resize=[[0, 32], [2, 40]]"]
+REFERENCE_ENV = {**ENV, "OMP_NUM_THREADS": "2"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +61,16 @@ def shards(synthetic, tmp_path_factory):
                               "--samples-per-shard", "40", "--workers", "2"])
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(shards, tmp_path_factory) -> tuple[Path, str]:
+    """An uninterrupted REFERENCE run on the shards fixture: (run_dir, its output)."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    r = subprocess.run([sys.executable, "-m", "train", *REFERENCE, f"data.path={shards}", f"run_dir={run_dir}"],
+                       env=REFERENCE_ENV, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir, r.stdout + r.stderr
 
 
 def steps_per_epoch(shards: Path, ranks: int = 1, batch: int = BATCH) -> int:

@@ -26,6 +26,8 @@ from conftest import (
     BAD,
     ENV,
     GOOD,
+    REFERENCE,
+    REFERENCE_ENV,
     TINY,
     Evil,
     assert_same_weights,
@@ -125,27 +127,20 @@ def data(shards):
     return f"data.path={shards}"
 
 
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-    """An uninterrupted 2-epoch run: its final checkpoint state."""
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    ok(train([*TINY, data, f"run_dir={run_dir}"]))
-    return final_state(run_dir)
-
-
 # --- exact resume, kills, signals ------------------------------------------------------------
 
-@pytest.mark.slow  # ~25 s with its reference run
-def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference, tmp_path, steps):
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference_run, tmp_path, steps):
     """SIGKILL half-way through writing the checkpoint after epoch 1: the epoch-0 checkpoint is
     what `resume: auto` takes, and the resumed run ends with the reference's weights and metrics."""
-    args = [*TINY, data, f"run_dir={tmp_path}"]
-    r = train(args, code=FAULTY_SAVE, env={"SAVE_FAULT": "kill", "SAVE_FAULT_AT": "2"})
+    reference = final_state(reference_run[0])
+    args, env = [*REFERENCE, data, f"run_dir={tmp_path}"], {"OMP_NUM_THREADS": REFERENCE_ENV["OMP_NUM_THREADS"]}
+    r = train(args, code=FAULTY_SAVE, env={**env, "SAVE_FAULT": "kill", "SAVE_FAULT_AT": "2"})
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [ckpt.checkpoint_name(1, steps)]
     (torn,) = tmp_path.glob(f".{ckpt.checkpoint_name(2, 2 * steps)}.tmp-*")  # the killed write, never renamed
     assert 0 < torn.stat().st_size
-    out = ok(train(args))  # the same command again
+    out = ok(train(args, env=env))  # the same command again
     assert "removing" in out and torn.name in out and not torn.exists()
     resumed = tmp_path / ckpt.checkpoint_name(1, steps)
     assert f"resumed from {resumed}: epoch 1, step 0 of it, global step {steps}" in out

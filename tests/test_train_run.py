@@ -10,15 +10,14 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import ENV, TINY, assert_same_weights, final_state, steps_per_epoch
+from conftest import REFERENCE, REFERENCE_ENV, assert_same_weights, final_state, steps_per_epoch
 
 from model import ModelConfig, build_model
 from pipeline.shards import load_split
 from train import checkpoint as ckpt
 from train.summary import loop_verdict
 
-ENV = {**ENV, "OMP_NUM_THREADS": "2"}
-TINY = [*TINY, "data.num_threads=2", "train.epochs=3", "train.resize=[[0, 32], [2, 40]]"]
+ENV, TINY = REFERENCE_ENV, REFERENCE  # every run here is the reference run, or a variant of it
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,9 @@ def train(data, run_dir, *extra, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(reference_run):
     """An uninterrupted 3-epoch run: (run_dir, its output)."""
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    return run_dir, train(data, run_dir)
+    return reference_run
 
 
 def test_run_records(reference, shards, steps):
