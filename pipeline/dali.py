@@ -61,9 +61,6 @@ DATA_ERROR_WORDS = ("decod", "jpeg", "image", "component", "index", "tar", "webd
 NOT_DATA_WORDS = ("out of memory", "cuda error", "cudaerror", "argument", "nvml", "driver")
 
 Stage = Callable[[DataNode], DataNode]
-# Marks the pipelines a saved position belongs to: one over this rank's share (pipeline/share.py).
-# A position saved from other pipelines would restore a reader over different inputs.
-POSITION_TAG = b"firehose-dali-share-1:"
 
 
 class PipelineError(RuntimeError):
@@ -224,12 +221,8 @@ class DaliLoader(Loader):
         if not self.train:
             yield from self._val_epoch(epoch)
             return
-        if position and not position.startswith(POSITION_TAG):
-            print("warning: the saved loader position is from an older version of its pipeline; "
-                  "decoding the epoch's first batches again to skip them", file=sys.stderr)
-            position = None
         if skip and position:  # DALI's checkpoint: the reader and the RNGs continue after batch skip - 1
-            start, (pipe, first) = skip, self._start(epoch, self.size_at(epoch), position[len(POSITION_TAG):])
+            start, (pipe, first) = skip, self._start(epoch, self.size_at(epoch), position)
         else:  # from the start; skipped batches (no position) are decoded, not used
             start, (pipe, first) = 0, self._take(epoch)
         self._running = pipe
@@ -249,7 +242,7 @@ class DaliLoader(Loader):
 
     def position(self) -> bytes | None:
         """DALI's checkpoint of the running training pipeline, after the batches handed out so far."""
-        return POSITION_TAG + self._running.checkpoint() if self._running is not None else None
+        return self._running.checkpoint() if self._running is not None else None
 
     def _val_epoch(self, epoch: int) -> Iterator[Batch]:
         size = self.size_at(epoch)

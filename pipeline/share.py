@@ -2,8 +2,7 @@
 
 Left to itself, DALI's reader shards by sample (`shard_id`/`num_shards`), so every rank parses
 every shard's index: at ImageNet scale 1.28 M lines per rank and per pipeline (3.5 s of the
-build on a 2-core EPYC; 3.3 GiB resident per rank, against 0.38 GiB for a rank of 64 given only
-its own shards: benchmarks/RESULTS.md). Instead a rank is
+build on a 2-core EPYC, and about 1.2 GiB resident while the pipeline lives). Instead a rank is
 given only the shards that hold its samples; a shard it covers in part gets an index listing just
 those samples (the offsets are within the tar, so the tar is read as it is). That is the same
 samples in the same order as DALI's own sharding, so the batches do not change.

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dali
 from pipeline.config import DataConfig
 from pipeline.labels import parse_cls, parse_labels
 from pipeline.loader import build_loader
@@ -62,8 +61,9 @@ def test_a_resumed_epoch_gives_the_remaining_batches(shards, loader_name, skip):
     assert_same_batches(epoch_batches(resumed, 2, skip=skip), whole[skip:])
 
 
-def stopped_after_three_batches(shards) -> tuple[bytes, list]:
-    """The position a DALI loader saves after 3 batches of epoch 2, and the batches that follow."""
+def test_dali_resumes_from_its_saved_position(shards):
+    """A stop after 3 batches saves DALI's checkpoint; a new loader built from it continues with
+    batch 3 without reading batches 0-2 again (the reader and the RNGs are restored, not replayed)."""
     loader = build_loader(cfg(shards), "train", 0, 1, CPU)
     batches = loader.epoch(2)
     for _ in range(3):
@@ -71,26 +71,8 @@ def stopped_after_three_batches(shards) -> tuple[bytes, list]:
     position = loader.position()
     rest = [(x.clone(), y.clone()) for x, y in batches]
     assert isinstance(position, bytes) and loader.position() is None  # the epoch is over
-    return position, rest
-
-
-def test_dali_resumes_from_its_saved_position(shards):
-    """A stop after 3 batches saves DALI's checkpoint; a new loader built from it continues with
-    batch 3 without reading batches 0-2 again (the reader and the RNGs are restored, not replayed)."""
-    position, rest = stopped_after_three_batches(shards)
     resumed = build_loader(cfg(shards), "train", 0, 1, CPU)
     assert_same_batches(epoch_batches(resumed, 2, skip=3, position=position), rest)
-
-
-def test_a_position_from_an_older_pipeline_is_not_restored(shards, capsys):
-    """A position saved before pipelines read a rank's share (a bare DALI checkpoint, of a reader
-    over other inputs) is not restored: the skipped batches are decoded again, and the rest match."""
-    position, rest = stopped_after_three_batches(shards)
-    older = position.removeprefix(dali.POSITION_TAG)
-    assert older != position
-    resumed = build_loader(cfg(shards), "train", 0, 1, CPU)
-    assert_same_batches(epoch_batches(resumed, 2, skip=3, position=older), rest)
-    assert "saved loader position is from an older version" in capsys.readouterr().err
 
 
 def test_one_label_rule_for_every_reader():
