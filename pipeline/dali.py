@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -181,6 +182,13 @@ def build_pipeline(cfg: DataConfig, inputs: ReaderInputs, device_id: int | None,
     return p
 
 
+def padded_batches(pipe: Pipeline, batch_size: int) -> int:
+    """Batches per epoch of a validation (pad_last_batch) reader. Sharding by sample itself, DALI
+    pads every rank's share to the largest one's, so a rank can get a whole batch of padding."""
+    meta = pipe.reader_meta("reader")
+    return math.ceil(meta["epoch_size_padded"] / meta["number_of_shards"] / batch_size)
+
+
 def trim_heap() -> None:
     """Return freed heap pages to the OS (glibc's malloc_trim). Each epoch's pipeline is built
     while the last one is still alive, so their allocations interleave and the old one's freed
@@ -246,20 +254,18 @@ class DaliLoader(Loader):
 
     def _val_epoch(self, epoch: int) -> Iterator[Batch]:
         size = self.size_at(epoch)
-        pipe = self._val.get(size) or self._build(epoch, size)
-        self._val[size] = pipe
+        pipe = self._val.pop(size, None) or self._build(epoch, size)  # put back only at its epoch's end
         left = self.num_samples
-        for _ in range(len(self)):  # pad_last_batch: the reader restarts at the shard start after this
-            try:
-                images, labels = self._to_torch(*self._run(pipe, epoch))
-            except BaseException:
-                self._val.pop(size, None)  # a failed pipeline is not reused
-                raise
+        for _ in range(len(self)):
+            images, labels = self._to_torch(*self._run(pipe, epoch))
             if left < len(labels):  # padded duplicates of the last sample
                 images, labels = images[:left], labels[:left]
             left -= len(labels)
             yield images, labels
             self._hold((images, labels))
+        for _ in range(padded_batches(pipe, self.batch_size) - len(self)):
+            self._run(pipe, epoch)  # batches of padding only: read them, so the next evaluation starts at sample 0
+        self._val[size] = pipe
 
     def _build(self, epoch: int, size: int, position: bytes | None = None) -> Pipeline:
         dec = Decoder(self.device_id, self.cfg.hw_decoder_load)
@@ -273,8 +279,10 @@ class DaliLoader(Loader):
         found = pipe.reader_meta("reader")["epoch_size"]  # the samples of the shards it was given
         expected = self.num_samples if inputs.num_shards == 1 else self.split.num_samples
         if found != expected:
-            for piece in self.rank_pieces(epoch):  # a shard shorter than listed
-                check_index(piece.file, piece.length)  # raises, naming the shard
+            # A shard shorter than listed: among this rank's, or any (DALI's own sharding: all shift).
+            for tar, n in ([(p.file, p.length) for p in self.rank_pieces(epoch)] if inputs.num_shards == 1
+                           else zip(self.split.files, self.split.shard_lengths)):
+                check_index(tar, n)  # raises, naming the shard
             raise ShardError(f"{self.cfg.path}: DALI finds {found} samples where the manifest lists {expected}")
         return pipe
 

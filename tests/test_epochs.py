@@ -1,14 +1,17 @@
 """Epochs back to back: the next epoch's pipeline is built ahead without changing what it yields,
 validation reuses one pipeline, a resumed epoch skips the batches already done, one label parser."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from pipeline.config import DataConfig
 from pipeline.labels import parse_cls, parse_labels
 from pipeline.loader import build_loader
-from pipeline.shards import ShardError
+from pipeline.shards import ShardError, load_split
 
 CPU = torch.device("cpu")
 
@@ -50,6 +53,32 @@ def test_validation_reuses_its_pipeline_and_yields_the_same_batches(shards, load
     assert sum(len(y) for _, y in once) == val.num_samples
     if loader_name == "dali":
         assert len(val._val) == 1  # built once, reused by the second evaluation
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_every_rank_evaluates_the_same_samples_each_time(shards, tmp_path, index):
+    """3 ranks, 16 per batch: rank 0's share (16 of 50) is a whole number of batches, and DALI's
+    own sharding (used where shards have no index) pads it to rank 1's 17, a batch of padding that
+    must not start the next evaluation. Every evaluation gives each rank its samples in order."""
+    data = shards
+    if not index:
+        data = tmp_path / "noidx"
+        shutil.copytree(shards, data, ignore=shutil.ignore_patterns("*.idx"))
+    expected = labels_in_order(data)
+    got = []
+    for rank in range(3):
+        val = build_loader(cfg(data), "val", rank, 3, CPU)
+        a, b = epoch_batches(val, 0), epoch_batches(val, 1)
+        assert_same_batches(a, b)
+        got += torch.cat([y for _, y in a]).tolist()
+    assert len(expected) % 3 and (len(expected) // 3) % 16 == 0  # the case above
+    assert got == expected
+
+
+def labels_in_order(data) -> list[int]:
+    """The validation labels in shard order, read with webdataset."""
+    info = load_split(data, "val")
+    return [int(s["cls"]) for s in wds.WebDataset([str(f) for f in info.files], shardshuffle=False)]
 
 
 @pytest.mark.parametrize("loader_name", ["dali", "baseline"])
