@@ -4,8 +4,8 @@ worker killed mid-epoch, full disks, bad shards, bad configs and hostile files (
 
 Tiny runs: ResNet-18 at 32 px, DALI on the CPU over the `shards` fixture (steps per epoch computed
 from its split), or the synthetic loader where no data is needed. Every subprocess
-has a timeout, so a hang fails the test. One OpenMP thread per process: the runs stay fast when
-the machine is busy.
+has a timeout, so a hang fails the test. One OpenMP thread per process, so the runs stay fast when
+the machine is busy; two where a run must match the shared reference run (conftest.REFERENCE).
 """
 
 import errno
