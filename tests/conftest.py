@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 
 from model import ModelConfig, build_model
@@ -71,6 +72,12 @@ def reference_run(shards, tmp_path_factory) -> tuple[Path, str]:
                        env=REFERENCE_ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run_dir, r.stdout + r.stderr
+
+
+def shard_labels(folder: Path, split: str) -> list[int]:
+    """A split's labels in shard order, read with webdataset (not the project's loaders)."""
+    info = load_split(folder, split)
+    return [int(s["cls"]) for s in wds.WebDataset([str(f) for f in info.files], shardshuffle=False)]
 
 
 def steps_per_epoch(shards: Path, ranks: int = 1, batch: int = BATCH) -> int:

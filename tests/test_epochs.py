@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
+from conftest import shard_labels
 
 from pipeline.config import DataConfig
 from pipeline.labels import parse_cls, parse_labels
 from pipeline.loader import build_loader
-from pipeline.shards import ShardError, load_split
+from pipeline.shards import ShardError
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,7 @@ def test_every_rank_evaluates_the_same_samples_each_time(shards, tmp_path, index
     if not index:
         data = tmp_path / "noidx"
         shutil.copytree(shards, data, ignore=shutil.ignore_patterns("*.idx"))
-    expected = labels_in_order(data)
+    expected = shard_labels(data, "val")
     got = []
     for rank in range(3):
         val = build_loader(cfg(data), "val", rank, 3, CPU)
@@ -73,12 +73,6 @@ def test_every_rank_evaluates_the_same_samples_each_time(shards, tmp_path, index
         got += torch.cat([y for _, y in a]).tolist()
     assert len(expected) % 3 and (len(expected) // 3) % 16 == 0  # the case above
     assert got == expected
-
-
-def labels_in_order(data) -> list[int]:
-    """The validation labels in shard order, read with webdataset."""
-    info = load_split(data, "val")
-    return [int(s["cls"]) for s in wds.WebDataset([str(f) for f in info.files], shardshuffle=False)]
 
 
 @pytest.mark.parametrize("loader_name", ["dali", "baseline"])

@@ -1,12 +1,10 @@
 """The loaders: output format, labels, rank splits, exact validation counts, determinism, bad input."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-import webdataset as wds
-from conftest import BAD, GOOD, jpeg_bytes, make_shard, tamper_index, truncate
+from conftest import BAD, GOOD, jpeg_bytes, make_shard, shard_labels, tamper_index, truncate
 
 from pipeline import dali
 from pipeline.config import DataConfig
@@ -22,11 +20,6 @@ def cfg(shards, loader="dali", **kw) -> DataConfig:
     base = dict(path=str(shards), loader=loader, batch_size=16, image_size=48, val_image_size=48,
                 num_threads=2, workers=2, shuffle_buffer=32)
     return DataConfig(**{**base, **kw})
-
-
-def shard_labels(folder: Path, split: str) -> list[int]:
-    info = load_split(folder, split)
-    return [int(s["cls"]) for s in wds.WebDataset([str(f) for f in info.files], shardshuffle=False)]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
