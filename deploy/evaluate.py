@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from deploy.data import onnx_input, val_batches
-from deploy.io import DeployError, atomic_output, existing, require
+from deploy.io import DeployError, at_least_one, atomic_output, existing, require
 from train.provenance import provenance
 
 WARMUP, REPEATS, TIMED_BATCHES = 2, 5, 4
@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         existing(args.model)
-        if args.batch_size < 1:
-            raise DeployError(f"--batch-size {args.batch_size}: must be >= 1")
+        at_least_one(batch_size=args.batch_size)
         result = {"model": str(args.model), **evaluate_onnx(args.model, args.data, args.batch_size),
                   "provenance": provenance(torch.device("cpu"))}
         if args.json:

@@ -42,3 +42,10 @@ def existing(path: str | Path, what: str = "file") -> Path:
     if not Path(path).exists():
         raise DeployError(f"{path}: no such {what}")
     return Path(path)
+
+
+def at_least_one(**flags: int) -> None:
+    """DeployError naming the first command-line flag (batch_size -> --batch-size) below 1."""
+    for name, value in flags.items():
+        if value < 1:
+            raise DeployError(f"--{name.replace('_', '-')} {value}: must be >= 1")

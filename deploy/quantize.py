@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.data import onnx_input, val_batches
-from deploy.io import DeployError, atomic_output, existing, require
+from deploy.io import DeployError, at_least_one, atomic_output, existing, require
 
 TARGETS = ("cpu", "tensorrt")
 
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         existing(args.model)
-        if args.calib_batches < 1 or args.batch_size < 1:
-            raise DeployError(f"--calib-batches {args.calib_batches} / --batch-size {args.batch_size}: must be >= 1")
+        at_least_one(calib_batches=args.calib_batches, batch_size=args.batch_size)
         n = quantize(args.model, args.calib_data, args.out, args.calib_batches, args.batch_size, args.target)
     except DeployError as e:
         print(f"quantize: {e}", file=sys.stderr)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from deploy.data import onnx_input
-from deploy.io import DeployError, atomic_output, require
+from deploy.io import DeployError, at_least_one, atomic_output, require
 
 PRECISIONS = ("fp16", "int8")
 WORKSPACE_BYTES = 4 << 30
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         _, channels, side = onnx_input(args.model)  # bad input first: named even without a GPU
         if args.precision == "int8":
             check_qdq(args.model)
-        if args.batch_size < 1:
-            raise DeployError(f"--batch-size {args.batch_size}: must be >= 1")
+        at_least_one(batch_size=args.batch_size)
         plan = build_engine(args.model, args.precision, args.batch_size)
         with atomic_output(args.out) as tmp:
             tmp.write_bytes(plan)
