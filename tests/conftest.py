@@ -74,6 +74,20 @@ def reference_run(shards, tmp_path_factory) -> tuple[Path, str]:
     return run_dir, r.stdout + r.stderr
 
 
+def meta_model(**cfg) -> torch.nn.Module:
+    """A model of `ModelConfig(**cfg)` with shapes only, no memory or init cost: fast for big ones."""
+    with torch.device("meta"):
+        return build_model(ModelConfig(**cfg))
+
+
+def assert_state_layout(state: dict, count: int, shapes: dict) -> None:
+    """A state dict with `count` entries, holding each key of `shapes` at its shape."""
+    assert len(state) == count
+    for key, shape in shapes.items():
+        assert key in state, key
+        assert tuple(state[key].shape) == shape, key
+
+
 def shard_labels(folder: Path, split: str) -> list[int]:
     """A split's labels in shard order, read with webdataset (not the project's loaders)."""
     info = load_split(folder, split)

@@ -3,6 +3,7 @@ FLOPs with depthwise convs, fine-tuning helpers."""
 
 import pytest
 import torch
+from conftest import assert_state_layout, meta_model
 from torch import nn
 
 from model import ModelConfig, build_model, flops_per_image, freeze_stages, load_torchvision_state_dict
@@ -38,10 +39,6 @@ def torchvision_models():
     return torchvision.models
 
 
-def meta_model(**cfg) -> nn.Module:
-    with torch.device("meta"):
-        return build_model(ModelConfig(**cfg))
-
 
 def randomized(name: str, seed: int, **cfg) -> nn.Module:
     """A model with non-trivial weights and BN statistics, so equality checks mean something."""
@@ -63,11 +60,7 @@ def test_param_counts_match_torchvision(name):
 
 
 def test_large_state_dict_keys_and_shapes():
-    state = meta_model(name="mobilenet_v3_large").state_dict()
-    assert len(state) == 312
-    for key, shape in LARGE_KEYS.items():
-        assert key in state, key
-        assert tuple(state[key].shape) == shape, key
+    assert_state_layout(meta_model(name="mobilenet_v3_large").state_dict(), 312, LARGE_KEYS)
 
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_state_layout, meta_model
 from torch import nn
 
 from model import (
@@ -48,11 +49,6 @@ PARAM_COUNTS = {
 }
 
 
-def meta_model(**cfg) -> nn.Module:
-    """Shapes only, no memory or init cost: fast for the big depths."""
-    with torch.device("meta"):
-        return build_model(ModelConfig(**cfg))
-
 
 def randomize_bn_stats(model: nn.Module, seed: int) -> None:
     """Make BN statistics and affine params non-trivial so equality checks mean something."""
@@ -67,11 +63,7 @@ def randomize_bn_stats(model: nn.Module, seed: int) -> None:
 
 
 def test_resnet50_state_dict_matches_torchvision():
-    state = meta_model(name="resnet50").state_dict()
-    assert len(state) == 320
-    for key, shape in RESNET50_KEYS.items():
-        assert key in state, key
-        assert tuple(state[key].shape) == shape, key
+    assert_state_layout(meta_model(name="resnet50").state_dict(), 320, RESNET50_KEYS)
 
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
