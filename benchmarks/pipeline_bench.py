@@ -18,8 +18,9 @@ import torch
 
 from benchmarks.common import add_data_args, data_config, num_classes, write_json
 from benchmarks.stages import STAGE_BUILDERS, STAGES
-from benchmarks.timing import rate, resolve_device
+from benchmarks.timing import resolve_device
 from pipeline.loader import build_loader
+from train.backend import rate
 
 
 def measure(loader_name: str, args, device: torch.device, classes: int) -> dict:

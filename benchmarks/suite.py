@@ -21,12 +21,12 @@ from torch import nn
 
 from benchmarks.common import add_data_args, data_config, num_classes, write_json
 from benchmarks.pipeline_bench import measure
-from benchmarks.timing import endless, rate, resolve_device
+from benchmarks.timing import endless, resolve_device
 from benchmarks.verdict import mfu, verdict
 from model import ModelConfig, build_model, flops_per_image
 from pipeline.loader import build_loader
 from train.amp import Precision, resolve_amp
-from train.backend import configure_backends, sync
+from train.backend import configure_backends, rate, sync
 from train.config import OptimConfig
 from train.distill import Distiller
 from train.engine import StepParts, train_step

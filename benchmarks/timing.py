@@ -1,14 +1,10 @@
-"""Timed repeats with a median, and the device flag; GPU timing synchronizes at its boundaries."""
+"""Endless batches for timing (train.backend.rate), and the device flag."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterator
 
 import torch
-
-from train.backend import sync
 
 
 def endless(epoch_batches: Callable[[int], Iterator]) -> Iterator:
@@ -17,23 +13,6 @@ def endless(epoch_batches: Callable[[int], Iterator]) -> Iterator:
     while True:
         yield from epoch_batches(epoch)
         epoch += 1
-
-
-def rate(batches: Iterator, count: Callable[[object], int], device: torch.device, warmup: int, steps: int,
-         repeats: int) -> dict:
-    """Items/s of an endless batch iterator: `warmup` batches untimed, then `repeats` timed runs of
-    `steps` batches each; returns the median and every repeat. `count(batch)` = items in a batch."""
-    for _ in range(warmup):
-        next(batches)
-    sync(device)
-    runs = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        for _ in range(steps):
-            n += count(next(batches))
-        sync(device)
-        runs.append(n / (time.perf_counter() - t0))
-    return {"per_s": statistics.median(runs), "repeats": runs}
 
 
 def resolve_device(name: str) -> torch.device:

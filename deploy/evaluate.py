@@ -10,10 +10,10 @@ provenance record (train.provenance). Exit 2 with one line on bad input.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ import torch
 
 from deploy.data import onnx_input, val_batches
 from deploy.io import DeployError, at_least_one, atomic_output, existing, require
+from train.backend import rate
+from train.checkpoint import first_line
 from train.provenance import provenance
 
 WARMUP, REPEATS, TIMED_BATCHES = 2, 5, 4
@@ -34,22 +36,17 @@ def session(path: str | Path, threads: int = 0):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # an invalid graph
-        raise DeployError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
+        raise DeployError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
 
 
 def run_rate(run, batches: list[np.ndarray], warmup: int = WARMUP, repeats: int = REPEATS) -> dict:
     """Images/s of `run(batch)` over `batches` already in memory: `warmup` untimed passes, then the
     median of `repeats` timed passes (each over every batch)."""
-    for _ in range(warmup):
-        for b in batches:
+    def ran() -> Iterator[np.ndarray]:
+        for b in itertools.cycle(batches):
             run(b)
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            run(b)
-        runs.append(sum(len(b) for b in batches) / (time.perf_counter() - t0))
-    return {"per_s": statistics.median(runs), "repeats": runs}
+            yield b
+    return rate(ran(), len, torch.device("cpu"), warmup * len(batches), len(batches), repeats)
 
 
 def evaluate_onnx(path: str | Path, shards: str | Path, batch_size: int) -> dict:

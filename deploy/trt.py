@@ -12,9 +12,8 @@ missing: one line naming it, exit 2. Bad input (no file, a model without Q/DQ no
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from deploy.data import onnx_input
 from deploy.io import DeployError, at_least_one, atomic_output, require
+from train.backend import rate
 
 PRECISIONS = ("fp16", "int8")
 WORKSPACE_BYTES = 4 << 30
@@ -109,17 +109,11 @@ class Engine:
 
 def engine_rate(engine: Engine, images: torch.Tensor) -> float:
     """Images/s of `engine` on one batch already on the GPU: warm-up, then median of repeats."""
-    for _ in range(WARMUP):
-        engine(images)
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        for _ in range(STEPS):
+    def ran() -> Iterator[torch.Tensor]:
+        while True:
             engine(images)
-        torch.cuda.synchronize()
-        runs.append(STEPS * len(images) / (time.perf_counter() - t0))
-    return statistics.median(runs)
+            yield images
+    return rate(ran(), len, images.device, WARMUP, STEPS, REPEATS)["per_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
