@@ -22,6 +22,12 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}{TMP}{os.getpid()}")
 
 
+def stale_temps(folder: str | Path, name: str = "*") -> list[Path]:
+    """The temporary files in `folder` of writes of files matching `name` (a glob): a killed
+    writer's leftovers when no writer is running."""
+    return sorted(Path(folder).glob(f".{name}{TMP}*"))
+
+
 def fsync_dir(folder: str | Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, stale_temps
 from pipeline.shards import IDX_VERSION, INFO_NAME, TAR_BLOCK, idx_path
 from tools.make_synthetic_imagenet import make_wnids
 from tools.shard_writer import RECORD
@@ -158,7 +158,7 @@ def make_tiny_shards(out: Path, samples: int, shards: int, classes: int = 1000, 
         raise ValueError(f"--shards must be in 1..{samples} (--samples), got {shards}")
     out.mkdir(parents=True, exist_ok=True)
     (out / INFO_NAME).unlink(missing_ok=True)  # written last: never a manifest over a half-rewritten folder
-    for stale in out.glob("*.tmp*"):  # a killed run's temporary files
+    for stale in stale_temps(out):  # a killed run's temporary files
         stale.unlink()
     splits = {"train": (samples, shards)}
     if val_samples:

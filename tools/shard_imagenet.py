@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.atomic import TMP, atomic_write
+from pipeline.atomic import atomic_write, stale_temps
 from pipeline.shards import INFO_NAME, SPLIT_ALIASES
 from tools.imagenet_sources import SourceError, list_split
 from tools.shard_writer import ImageOptions, write_shard
@@ -106,7 +106,7 @@ def prepare_out(out: Path, fp: dict) -> None:
         if prev_fp != fp:
             raise UsageError(f"{out}: holds other data or shards from other arguments; use an empty folder")
     state.mkdir(parents=True, exist_ok=True)
-    for f in list(out.glob(f".*{TMP}*")) + list(state.glob(f".*{TMP}*")):  # a killed run's temp files
+    for f in stale_temps(out) + stale_temps(state):  # a killed run's temp files
         f.unlink()
     atomic_write(state / "args.json", json.dumps(fp, sort_keys=True).encode())
 

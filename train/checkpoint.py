@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import TMP, atomic_file, fsync_dir, temp_path
+from pipeline.atomic import atomic_file, fsync_dir, stale_temps, temp_path
 
 FORMAT = 1
 NAME = re.compile(r"^ckpt-e(\d{4,})-s(\d{8,})\.pt$")
@@ -138,7 +138,7 @@ def find_resume(run_dir: str | Path) -> tuple[Path, dict] | None:
     do not count them. Temporary files of a killed write are deleted (they are never read). Call
     from one process only (rank 0), before this run writes any checkpoint.
     """
-    for tmp in Path(run_dir).glob(f".*.pt{TMP}*"):
+    for tmp in stale_temps(run_dir, "*.pt"):
         print(f"warning: removing {tmp} (left by a checkpoint write that was killed)", file=sys.stderr, flush=True)
         tmp.unlink(missing_ok=True)
     for path in reversed(list_checkpoints(run_dir)):
