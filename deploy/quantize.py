@@ -23,17 +23,14 @@ import numpy as np
 
 from deploy.data import onnx_input, val_batches
 from deploy.io import DeployError, at_least_one, atomic_output, existing, require
+from train.amp import cpu_flags
 
 TARGETS = ("cpu", "tensorrt")
 
 
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has the int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def quantize_batches(model: str | Path, batches: list[np.ndarray], out: str | Path, target: str) -> None:

@@ -70,3 +70,13 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
             ckpt.load_checkpoint(p)
     assert ckpt.find_resume(tmp_path) is None
     assert not marker.exists()
+
+
+def test_a_best_record_from_before_selected_weights_still_loads():
+    """Older checkpoints saved best as [top1, top5, epoch]; a resume reads it as the model's."""
+    from train.trainer import Progress, saved_best
+
+    assert saved_best([71.5, 90.25, 3]) == {"top1": 71.5, "top5": 90.25, "epoch": 3, "weights": "model"}
+    assert saved_best(None) == Progress().best
+    now = {"top1": 1.0, "top5": 2.0, "epoch": 0, "weights": "ema"}
+    assert saved_best(now) == now and saved_best(now) is not now

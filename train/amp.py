@@ -13,14 +13,18 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs w
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bf16 natively. A CPU without AVX-512 BF16 or AMX runs bf16
     autocast through reference kernels: 5x slower than fp32 on an AVX2-only EPYC (measured)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # not emulated: pre-Ampere GPUs "support" bf16 through fp32 kernels
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+            return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
     except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+        return set()
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

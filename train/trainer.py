@@ -132,7 +132,14 @@ def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision,
     cuda = state["rng"].get("cuda")
     ckpt.set_rng_state(state["rng"], info.device, cuda[info.rank] if cuda and len(cuda) == info.world else None)
     return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
-                    dict(state.get("best") or Progress().best), list(state.get("history", [])))
+                    saved_best(state.get("best")), list(state.get("history", [])))
+
+
+def saved_best(best) -> dict:
+    """A checkpoint's best record; checkpoints before `selected_weights` saved [top1, top5, epoch]."""
+    if isinstance(best, list | tuple):
+        return {**Progress().best, **dict(zip(("top1", "top5", "epoch"), best))}
+    return dict(best or Progress().best)
 
 
 def evaluate_all(net: nn.Module, ema: EMA | None, val_loader, epoch: int, precision: Precision, info: DistInfo,
@@ -200,7 +207,10 @@ def run(cfg: Config, info: DistInfo) -> int:
     set_determinism(cfg)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
-    teacher = load_teacher(cfg.distill, cfg.model.num_classes, cfg.model.in_channels) if cfg.distill.teacher else None
+    teacher = None
+    if cfg.distill.teacher:
+        with torch.random.fork_rng(devices=[]):  # its throwaway init must not move the student's
+            teacher = load_teacher(cfg.distill, cfg.model.num_classes, cfg.model.in_channels)
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +272,7 @@ def run(cfg: Config, info: DistInfo) -> int:
     kill = fault.kill_hook(run_dir, info.rank, info.world)  # None unless a test sets it
     positions = start[1].get("loader_positions") if start is not None else None
     position = positions[info.rank] if positions and len(positions) == info.world else None
-    while progress.epoch < min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs):
+    while progress.epoch < train_loader.epochs:  # train.epochs, or stop_after_epoch if sooner
         epoch = progress.epoch
         result = train_epoch(parts, train_loader, epoch, progress.step_in_epoch, progress.global_step,
                              cfg.train.log_every, info, log, stop, profiler, kill, position)
