@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import re
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from pipeline.augment import (
     IMAGENET_STD,
     val_resize_shorter,
 )
-from pipeline.base import Batch, Loader, epoch_seed
+from pipeline.base import Batch, Loader, PipelineError, epoch_seed
 from pipeline.check import check_index, first_problem
 from pipeline.config import DataConfig
 from pipeline.labels import parse_labels
@@ -57,15 +58,12 @@ HOST_MEMORY_PADDING = 140_544_512
 PREALLOCATE_WIDTH, PREALLOCATE_HEIGHT = 5980, 6430  # the largest ImageNet train image, px
 # Words of DALI errors that are about the data (a bad JPEG, tar or index); any other DALI error
 # (out of memory, a bad argument, a CUDA fault) is reported as itself at once.
-DATA_ERROR_WORDS = ("decod", "jpeg", "image", "component", "index", "tar", "webdataset", "unexpected end",
-                    "corrupt", "offset", "file")
+# Matched at the start of a word ("tar" only as a whole word), so "start" or "profile" do not count.
+DATA_ERROR_WORDS = re.compile(r"\b(decod|jpeg|image|component|index|webdataset|unexpected end|corrupt|offset|file"
+                              r"|tar\b)")
 NOT_DATA_WORDS = ("out of memory", "cuda error", "cudaerror", "argument", "nvml", "driver")
 
 Stage = Callable[[DataNode], DataNode]
-
-
-class PipelineError(RuntimeError):
-    """DALI failed for a reason that is not the data: out of memory, a bad argument, a CUDA fault."""
 
 
 @dataclass(frozen=True)
@@ -192,8 +190,9 @@ def padded_batches(pipe: Pipeline, batch_size: int) -> int:
 def trim_heap() -> None:
     """Return freed heap pages to the OS (glibc's malloc_trim). Each epoch's pipeline is built
     while the last one is still alive, so their allocations interleave and the old one's freed
-    memory stays in the heap. Measured over 8 short epochs of 160k samples in 128 shards: RSS
-    527 -> 713 MiB without this, 479 -> 612 MiB with it (it slows the creep, it does not stop it)."""
+    memory stays in the heap. It slows that creep; it does not stop it (seen over 8 short epochs
+    of 160k samples while developing, figures not recorded; benchmarks/RESULTS.md has the
+    recorded start-up runs, RSS within 1.1% over 4 epochs)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -210,7 +209,7 @@ def dali_reason(e: Exception) -> str:
 def is_data_error(e: Exception) -> bool:
     """Whether a DALI error is about the data (worth looking for the bad sample)."""
     text = str(e).lower()
-    return not any(w in text for w in NOT_DATA_WORDS) and any(w in text for w in DATA_ERROR_WORDS)
+    return not any(w in text for w in NOT_DATA_WORDS) and DATA_ERROR_WORDS.search(text) is not None
 
 
 class DaliLoader(Loader):
@@ -236,7 +235,7 @@ class DaliLoader(Loader):
         self._running = pipe
         try:
             for i in range(start, len(self)):
-                outputs = first if i == start else self._run(pipe, epoch)
+                outputs = first if i == start else self.run_batch(pipe, epoch)
                 first = None
                 if i == start and (self.epochs is None or epoch + 1 < self.epochs):
                     self._prepare(epoch + 1)  # overlaps this epoch; ready when it ends
@@ -257,14 +256,14 @@ class DaliLoader(Loader):
         pipe = self._val.pop(size, None) or self._build(epoch, size)  # put back only at its epoch's end
         left = self.num_samples
         for _ in range(len(self)):
-            images, labels = self._to_torch(*self._run(pipe, epoch))
+            images, labels = self._to_torch(*self.run_batch(pipe, epoch))
             if left < len(labels):  # padded duplicates of the last sample
                 images, labels = images[:left], labels[:left]
             left -= len(labels)
             yield images, labels
             self._hold((images, labels))
         for _ in range(padded_batches(pipe, self.batch_size) - len(self)):
-            self._run(pipe, epoch)  # batches of padding only: read them, so the next evaluation starts at sample 0
+            self.run_batch(pipe, epoch)  # batches of padding only: read them, so the next evaluation starts at sample 0
         self._val[size] = pipe
 
     def _build(self, epoch: int, size: int, position: bytes | None = None) -> Pipeline:
@@ -293,7 +292,7 @@ class DaliLoader(Loader):
     def _start(self, epoch: int, size: int, position: bytes | None = None) -> tuple[Pipeline, tuple]:
         """A training epoch's pipeline and its first batch (the prefetch queue fills behind it)."""
         pipe = self._build(epoch, size, position)
-        return pipe, self._run(pipe, epoch)
+        return pipe, self.run_batch(pipe, epoch)
 
     def _prepare(self, epoch: int) -> None:
         """Start building `epoch`'s pipeline in the background (at most one ahead)."""
@@ -317,7 +316,7 @@ class DaliLoader(Loader):
             with contextlib.suppress(Exception):  # its error, if any, belongs to an epoch not run
                 future.result()
 
-    def _run(self, pipe: Pipeline, epoch: int) -> tuple:
+    def run_batch(self, pipe: Pipeline, epoch: int) -> tuple:
         """The next batch. On a GPU, `run(stream)` makes torch's current stream wait for DALI's
         work instead of the host (a plain `run()` blocks until the GPU has finished the batch)."""
         try:

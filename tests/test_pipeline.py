@@ -205,3 +205,16 @@ def test_dali_gpu_batch_is_on_the_gpu(shards):
     cpu_images, _ = next(build_loader(cfg(shards), "val", 0, 1, CPU).epoch(0))
     gpu_images, _ = next(build_loader(cfg(shards), "val", 0, 1, dev).epoch(0))
     assert (gpu_images.float().cpu() - cpu_images.float()).abs().mean() < 0.1  # same pipeline, two decoders
+
+
+@pytest.mark.parametrize(("message", "about_data"), [
+    ("nvImageCodec failed to decode the image", True),
+    ("Malformed index file: offset is outside of the archive file", True),
+    ("Error reading from a tar: unexpected end of data", True),
+    ("thread pool failed to start", False),  # "tar" inside a word, "file" inside "profile": not data
+    ("target device mismatch", False),
+    ("profile failed", False),
+    ("CUDA error: out of memory while decoding", False),  # a device fault even when it names decoding
+])
+def test_dali_errors_about_the_data_are_told_from_the_rest(message, about_data):
+    assert dali.is_data_error(RuntimeError(message)) is about_data
