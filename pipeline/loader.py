@@ -8,17 +8,23 @@ The interface every backend shares is pipeline/base.py's Loader.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from pipeline.base import Loader
-from pipeline.baseline import BaselineLoader
 from pipeline.check import preflight
 from pipeline.config import DataConfig
-from pipeline.dali import DaliLoader
 from pipeline.shards import SplitInfo, load_split
-from pipeline.synthetic import SyntheticLoader
 
-BACKENDS: dict[str, type[Loader]] = {"dali": DaliLoader, "baseline": BaselineLoader, "synthetic": SyntheticLoader}
+# Imported when asked for: a run on one backend does not pay for the others' imports (DALI: ~1 s).
+BACKENDS = {"dali": "pipeline.dali:DaliLoader", "baseline": "pipeline.baseline:BaselineLoader",
+            "synthetic": "pipeline.synthetic:SyntheticLoader"}
+
+
+def backend(name: str) -> type[Loader]:
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_loader(cfg: DataConfig, split: str, rank: int, world: int, device: torch.device,
@@ -33,11 +39,11 @@ def build_loader(cfg: DataConfig, split: str, rank: int, world: int, device: tor
     cfg.validate()
     if cfg.loader == "synthetic":
         info = SplitInfo(split, (), (max(cfg.batch_size * world * 8, world),), ())
-        return SyntheticLoader(cfg, info, rank, world, device, split == "train", num_classes or 1000, local_world)
+        return backend("synthetic")(cfg, info, rank, world, device, split == "train", num_classes or 1000, local_world)
     info = load_split(cfg.path, split)
     num_classes = num_classes or len(info.classes)
     if not num_classes:
         raise ValueError(f"{cfg.path}: no class list in _info.json; give the number of classes "
                          "(model.num_classes, or --num-classes for the benchmarks)")
     preflight(info)  # a bad index or a truncated shard: fail now, naming it, not mid-epoch
-    return BACKENDS[cfg.loader](cfg, info, rank, world, device, split == "train", num_classes, local_world)
+    return backend(cfg.loader)(cfg, info, rank, world, device, split == "train", num_classes, local_world)

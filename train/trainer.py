@@ -23,7 +23,7 @@ from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
 from pipeline.atomic import atomic_write
-from pipeline.dali import PipelineError
+from pipeline.base import PipelineError
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError
 from train import checkpoint as ckpt
