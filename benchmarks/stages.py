@@ -24,7 +24,8 @@ def dali_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Callable
     with loader.rank_share(0) as inputs:
         pipe = dali.build_pipeline(loader.cfg, inputs, loader.device_id, epoch_seed(loader.cfg.seed, 0, loader.rank),
                                    stages, loader.train, loader.threads)
-    batches = iter(pipe.run, None)  # the reader wraps around at the end of its shard
+    # As the loader runs it (on a GPU: no host wait per batch); the reader wraps at its share's end.
+    batches = iter(lambda: loader.run_batch(pipe, 0), None)
     nbytes = (lambda b: int(sum(np.prod(s) for s in b[0].shape()))) if stage == "read" else None
     return batches, lambda b: len(b[1]), nbytes
 
