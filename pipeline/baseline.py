@@ -9,7 +9,9 @@ Each sample's random crop and flip come from an RNG seeded by (seed, epoch, rank
 a resumed epoch skips the batches already done without decoding them and still gets the same
 batches as an uninterrupted run. Bad data stops the epoch with a ShardError naming the shard and
 sample: each shard's tar headers are checked against its index and its sample count against the
-manifest before it is read (headers only: ~1% of reading it).
+manifest before it is read. That re-reads the tar headers (Python's tarfile) and the index of
+every shard every epoch: 0.52 s for the demo's 2,600 samples in 11 shards, 200 us a sample (median
+of 3, 2-core EPYC), which every baseline figure measured since `9cfa30e` includes.
 """
 
 from __future__ import annotations
