@@ -1,29 +1,33 @@
 """The input pipelines cut short, for measuring them stage by stage: `read` (shard bytes only),
-`decode` (full-size decode), `train` (the whole training augmentation, as the trainer receives it).
-Built from the production loaders' own pieces, so a stage measures the code that trains."""
+`decode` (the decode the loader's pipeline starts with: DALI's training graph decodes the random
+crop alone, the baseline decodes the whole image), `train` (the whole training augmentation, as the
+trainer receives it). Built from the production loaders' own pieces, so a stage measures the code
+that trains. Nothing here imports DALI (the DALI stages come from the DaliLoader given), so the
+baseline's stages run where DALI does not import."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.timing import endless
-from pipeline import baseline, dali
-from pipeline.base import Loader, epoch_seed
+from pipeline import baseline
+from pipeline.base import Loader
+
+if TYPE_CHECKING:
+    from pipeline.dali import DaliLoader
 
 STAGES = ("read", "decode", "train")
 
 
-def dali_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Callable | None]:
-    """(endless batches, images in a batch, bytes in a batch or None) for one DALI stage."""
+def dali_stage(loader: DaliLoader, stage: str) -> tuple[Iterator, Callable, Callable | None]:
+    """(endless batches, images in a batch, bytes in a batch or None) for one stage of a DaliLoader."""
     if stage == "train":
         return endless(loader.epoch), lambda b: len(b[1]), None
-    dec = dali.Decoder(loader.device_id, loader.cfg.hw_decoder_load)
-    stages = [] if stage == "read" else [dali.decode(dec)]
-    with loader.rank_share(0) as inputs:
-        pipe = dali.build_pipeline(loader.cfg, inputs, loader.device_id, epoch_seed(loader.cfg.seed, 0, loader.rank),
-                                   stages, loader.train, loader.threads)
+    size = loader.size_at(0)
+    pipe = loader.build(0, size, stages=[] if stage == "read" else loader.stages(size)[:1])
     # As the loader runs it (on a GPU: no host wait per batch); the reader wraps at its share's end.
     batches = iter(lambda: loader.run_batch(pipe, 0), None)
     nbytes = (lambda b: int(sum(np.prod(s) for s in b[0].shape()))) if stage == "read" else None
@@ -36,7 +40,7 @@ def read_bytes(sample: dict, rng) -> int:
 
 
 def decoded_width(sample: dict, rng) -> int:
-    """The baseline's decode stage: a full PIL decode."""
+    """The baseline's decode stage: a full PIL decode, as its training transform starts."""
     return baseline.decode(sample).width
 
 

@@ -1,4 +1,5 @@
-"""Checking shards: a cheap pre-flight before training, and the full check that names a bad sample.
+"""Checking shards: a cheap pre-flight before training, the full check that names a bad sample, and
+the triage of a loader's errors (about the data, or not) that decides when to look for one.
 
 The pre-flight reads a few hundred bytes per shard (the index's header, first and last line, and
 the tar's size), so it costs milliseconds for ImageNet's 1,024 shards on every rank: a count that
@@ -6,18 +7,26 @@ disagrees with the manifest, a layout without jpg/cls or a truncated tar stops t
 work. The full check (`shard_imagenet.py --verify`, and the loaders' search for the sample behind
 a failed read) re-reads the tar headers against the index, parses every label and decodes every
 image.
+
+DALI's errors name an operator, not a sample. Only an error while reading or decoding a sample is
+worth a search of the shards; an error at build time (except the reader's: DALI parses the indexes
+then), of the environment (a missing library, storage out of reach) or of the device is reported as
+itself, at once. No DALI import here: the text of its errors is all the triage needs.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
+from pipeline.base import PipelineError
 from pipeline.labels import parse_cls
 from pipeline.shards import (
     IDX_VERSION,
@@ -35,6 +44,20 @@ from pipeline.shards import (
 REQUIRED = ("jpg", "cls")
 TAIL_BYTES = 4096  # more than any index line (~130 bytes for jpg + cls + json)
 SEARCH_S = 60.0  # how long a loader looks for the sample behind a failed read
+# Words of an error about a sample (a bad JPEG, tar or index), matched at the start of a word in
+# DALI's reason ("tar" only whole), so "start" or "profile" do not count.
+DATA_ERROR_WORDS = re.compile(r"\b(decod|jpeg|image|component|index|webdataset|unexpected end|corrupt|offset|file"
+                              r"|tar\b)")
+# The device, the environment or the config, whatever operator they surface in: never the data
+# (a shard that is not there at all is missing, not bad: nothing to search for).
+NOT_DATA_WORDS = ("out of memory", "cuda error", "cudaerror", "cuda_error", "argument", "nvml", "driver",
+                  "shared object file", "curlcode", "could not connect", "object not found", "file mapping failed",
+                  "no such file")
+BUILDING = ("when building pipeline", "when constructing operator")  # DALI 2.x, 1.x: an error at build
+READER = re.compile(r"readers(\.|__)webdataset")  # the one operator that reads data at build
+# Lines of a DALI error that are not its reason: the graph's Python traceback, the C++ context.
+NOT_REASON = ("Critical error", "Error in ", "which was used", "File \"", "C++ context", "Current pipeline",
+              "Stacktrace", "[frame")
 
 
 def _head_and_tail(idx: Path) -> tuple[str, str, str]:
@@ -147,3 +170,41 @@ def first_problem(files: list[str], num_classes: int | None, seconds: float = SE
         for problem in shard_problems(Path(tar), num_classes):
             return problem, f"checked {checked + 1} of this rank's {len(files)} shards"
     return None, f"checked all {len(files)} of this rank's shards: no bad sample found"
+
+
+# --- a loader's errors ----------------------------------------------------------------------------
+
+def dali_reason(e: Exception) -> str:
+    """DALI's own words for error `e`, one line: "operator: what it encountered" (its messages wrap
+    them in the pipeline's Python traceback and a C++ context)."""
+    text = str(e)
+    op = re.search(r"operator[:\s]\s*`?(?:nvidia\.dali\.fn\.)?(\w+?(?:\.\w+|__\w+)+)", text)
+    body = text.rpartition("encountered:")[2] or text
+    lines = [re.sub(r'^(Error in thread \d+: )?(\[/opt/dali[^\]]*\] ?)?(Assert on ".*?" failed: )?', "", ln.strip())
+             for ln in body.splitlines()]
+    useful = [ln for ln in lines if ln and not ln.startswith(NOT_REASON) and not ln[:1].isdigit()]
+    reason = " ".join(useful[:2]) or text.strip()
+    return (f"{op.group(1)}: {reason}" if op and op.group(1) not in reason else reason)[:500]
+
+
+def is_data_error(e: Exception, building: bool = False) -> bool:
+    """Whether DALI error `e` (raised at build when `building`) is about the data: worth looking
+    for the bad sample. At build only the reader's errors are (a bad index line)."""
+    if any(w in str(e).lower() for w in NOT_DATA_WORDS):
+        return False
+    reason = dali_reason(e).lower()
+    if building or any(w in str(e).lower() for w in BUILDING):
+        return READER.search(reason) is not None
+    return DATA_ERROR_WORDS.search(reason) is not None
+
+
+def explain(e: Exception, files: list[str], num_classes: int | None, where: str, building: bool = False) -> Exception:
+    """What a loader raises for DALI error `e`: for a data error, ShardError naming the first bad
+    sample of `files` (this rank's shards, in reading order; searched for at most SEARCH_S), or
+    `where` with DALI's reason if none is found; for any other error, PipelineError with the reason."""
+    reason = dali_reason(e)
+    if not is_data_error(e, building):
+        return PipelineError(f"DALI failed: {reason}")
+    print(f"DALI failed ({reason}); looking for the bad sample in this rank's shards...", file=sys.stderr)
+    problem, checked = first_problem(files, num_classes)
+    return ShardError(problem or f"{where}: {reason} ({checked})")

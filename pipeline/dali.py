@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import re
-import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,8 +42,8 @@ from pipeline.augment import (
     IMAGENET_STD,
     val_resize_shorter,
 )
-from pipeline.base import Batch, Loader, PipelineError, epoch_seed
-from pipeline.check import check_index, first_problem
+from pipeline.base import Batch, Loader, epoch_seed
+from pipeline.check import check_index, explain
 from pipeline.config import DataConfig
 from pipeline.labels import parse_labels
 from pipeline.shards import ShardError
@@ -56,12 +54,6 @@ from pipeline.share import ReaderInputs, reader_inputs
 DEVICE_MEMORY_PADDING = 211_025_920
 HOST_MEMORY_PADDING = 140_544_512
 PREALLOCATE_WIDTH, PREALLOCATE_HEIGHT = 5980, 6430  # the largest ImageNet train image, px
-# Words of DALI errors that are about the data (a bad JPEG, tar or index); any other DALI error
-# (out of memory, a bad argument, a CUDA fault) is reported as itself at once.
-# Matched at the start of a word ("tar" only as a whole word), so "start" or "profile" do not count.
-DATA_ERROR_WORDS = re.compile(r"\b(decod|jpeg|image|component|index|webdataset|unexpected end|corrupt|offset|file"
-                              r"|tar\b)")
-NOT_DATA_WORDS = ("out of memory", "cuda error", "cudaerror", "argument", "nvml", "driver")
 
 Stage = Callable[[DataNode], DataNode]
 
@@ -197,21 +189,6 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def dali_reason(e: Exception) -> str:
-    """The informative line of a DALI error (its messages carry a C++ stack trace)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for marker in ("Error in thread", "[/opt/dali", "Assert on", "Error when executing"):
-        lines = [ln for ln in lines if not ln.startswith(marker)]
-    useful = [ln for ln in lines if "Stacktrace" not in ln and not ln[:1].isdigit()]
-    return " ".join(useful[:3])[:500] or str(e)[:500]
-
-
-def is_data_error(e: Exception) -> bool:
-    """Whether a DALI error is about the data (worth looking for the bad sample)."""
-    text = str(e).lower()
-    return not any(w in text for w in NOT_DATA_WORDS) and DATA_ERROR_WORDS.search(text) is not None
-
-
 class DaliLoader(Loader):
     """DALI on the GPU (`mixed` decode) when the device is CUDA, on the CPU otherwise."""
 
@@ -253,7 +230,7 @@ class DaliLoader(Loader):
 
     def _val_epoch(self, epoch: int) -> Iterator[Batch]:
         size = self.size_at(epoch)
-        pipe = self._val.pop(size, None) or self._build(epoch, size)  # put back only at its epoch's end
+        pipe = self._val.pop(size, None) or self.build(epoch, size)  # put back only at its epoch's end
         left = self.num_samples
         for _ in range(len(self)):
             images, labels = self._to_torch(*self.run_batch(pipe, epoch))
@@ -266,15 +243,22 @@ class DaliLoader(Loader):
             self.run_batch(pipe, epoch)  # batches of padding only: read them, so the next evaluation starts at sample 0
         self._val[size] = pipe
 
-    def _build(self, epoch: int, size: int, position: bytes | None = None) -> Pipeline:
+    def stages(self, size: int) -> list[Stage]:
+        """The stages of this loader's pipelines (train or val) at `size` px."""
         dec = Decoder(self.device_id, self.cfg.hw_decoder_load)
-        stages = (train_stages if self.train else val_stages)(self.cfg, size, dec)
+        return (train_stages if self.train else val_stages)(self.cfg, size, dec)
+
+    def build(self, epoch: int, size: int, position: bytes | None = None,
+              stages: list[Stage] | None = None) -> Pipeline:
+        """This rank's built pipeline of `epoch` at `size` px: the reader, then `stages` (default:
+        all of `self.stages(size)`; the benchmarks cut it short), continuing from `position`."""
+        stages = self.stages(size) if stages is None else stages
         try:
             with self.rank_share(epoch) as inputs:
                 pipe = build_pipeline(self.cfg, inputs, self.device_id, epoch_seed(self.cfg.seed, epoch, self.rank),
                                       stages, self.train, self.threads, position)
         except RuntimeError as e:
-            raise self._explain(e, epoch) from None
+            raise explain(e, self.rank_files(epoch), self.num_classes, self.cfg.path, building=True) from None
         found = pipe.reader_meta("reader")["epoch_size"]  # the samples of the shards it was given
         expected = self.num_samples if inputs.num_shards == 1 else self.split.num_samples
         if found != expected:
@@ -291,7 +275,7 @@ class DaliLoader(Loader):
 
     def _start(self, epoch: int, size: int, position: bytes | None = None) -> tuple[Pipeline, tuple]:
         """A training epoch's pipeline and its first batch (the prefetch queue fills behind it)."""
-        pipe = self._build(epoch, size, position)
+        pipe = self.build(epoch, size, position)
         return pipe, self.run_batch(pipe, epoch)
 
     def _prepare(self, epoch: int) -> None:
@@ -324,7 +308,7 @@ class DaliLoader(Loader):
                 return pipe.run(torch.cuda.current_stream(self.device))
             return pipe.run()
         except RuntimeError as e:
-            raise self._explain(e, epoch) from None
+            raise explain(e, self.rank_files(epoch), self.num_classes, self.cfg.path) from None
 
     def _hold(self, outputs: tuple) -> None:
         """Keep a consumed batch's buffers alive until the GPU work queued on it has finished: DALI
@@ -337,16 +321,6 @@ class DaliLoader(Loader):
         self._inflight.append((done, outputs))
         while self._inflight and self._inflight[0][0].query():
             self._inflight.popleft()
-
-    def _explain(self, e: RuntimeError, epoch: int) -> Exception:
-        """DALI's errors name an operator, not a sample. For a data error, look for the bad sample
-        in this rank's shards, in reading order, for at most a minute; report any other error as is."""
-        reason = dali_reason(e)
-        if not is_data_error(e):
-            return PipelineError(f"DALI failed: {reason}")
-        print(f"DALI failed ({reason}); looking for the bad sample in this rank's shards...", file=sys.stderr)
-        problem, checked = first_problem(self.rank_files(epoch), self.num_classes)
-        return ShardError(problem or f"{self.cfg.path}: {reason} ({checked})")
 
     def _to_torch(self, images, cls, src) -> Batch:
         """DALI outputs -> (images NCHW fp16 channels-last, int64 labels) on the device, no copy of

@@ -1,12 +1,21 @@
-"""The loaders: output format, labels, rank splits, exact validation counts, determinism, bad input."""
+"""The loaders: output format, labels, rank splits, exact validation counts, determinism, bad input;
+the benchmarks' pipelines cut short from them."""
 
+import io
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import BAD, GOOD, jpeg_bytes, make_shard, shard_labels, tamper_index, truncate
+from conftest import BAD, ENV, GOOD, jpeg_bytes, make_shard, shard_labels, tamper_index, truncate
+from PIL import Image
 
+from benchmarks.stages import dali_stage
 from pipeline import dali
+from pipeline.augment import ASPECT_RANGE
+from pipeline.base import epoch_seed
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
 from pipeline.shards import ShardError, idx_path, load_split, scan_tar
@@ -42,7 +51,7 @@ def test_pad_channels_gives_a_zero_fourth_channel(shards, loader):
 
 def test_dali_output_is_the_dali_buffer_not_a_copy(shards):
     loader = build_loader(cfg(shards), "val", 0, 1, CPU)
-    pipe = loader._build(0, 48)
+    pipe = loader.build(0, 48)
     outputs = pipe.run()
     images, labels = loader._to_torch(*outputs)
     t = outputs[0].as_tensor()
@@ -207,14 +216,58 @@ def test_dali_gpu_batch_is_on_the_gpu(shards):
     assert (gpu_images.float().cpu() - cpu_images.float()).abs().mean() < 0.1  # same pipeline, two decoders
 
 
-@pytest.mark.parametrize(("message", "about_data"), [
-    ("nvImageCodec failed to decode the image", True),
-    ("Malformed index file: offset is outside of the archive file", True),
-    ("Error reading from a tar: unexpected end of data", True),
-    ("thread pool failed to start", False),  # "tar" inside a word, "file" inside "profile": not data
-    ("target device mismatch", False),
-    ("profile failed", False),
-    ("CUDA error: out of memory while decoding", False),  # a device fault even when it names decoding
-])
-def test_dali_errors_about_the_data_are_told_from_the_rest(message, about_data):
-    assert dali.is_data_error(RuntimeError(message)) is about_data
+# --- the benchmarks' pipelines, cut short from the loaders -------------------------------------
+
+def test_decode_stage_decodes_the_training_crop(shards):
+    """The DALI benchmark's decode stage decodes what training decodes: the random crop of the
+    train graph's first stage (here with min_area 0.5), not the whole image."""
+    loader = build_loader(cfg(shards, batch_size=32, min_area=0.5), "train", 0, 1, CPU)
+    images, _, src = next(dali_stage(loader, "decode")[0])
+
+    def same_seed(stage):
+        with loader.rank_share(0) as inputs:
+            pipe = dali.build_pipeline(loader.cfg, inputs, None, epoch_seed(loader.cfg.seed, 0), [stage], True, 2)
+        return pipe.run()
+    crop = same_seed(dali.decode_random_crop(dali.Decoder(None), 0.5))
+    whole = same_seed(dali.decode(dali.Decoder(None)))
+    assert sources(crop) == sources(whole) == [bytes(src.at(i)) for i in range(len(src))]  # the same samples
+    assert images.shape() == crop[0].shape() != whole[0].shape()
+    for (h, w, _), (full_h, full_w, _) in zip(images.shape(), whole[0].shape()):
+        # RandomResizedCrop's contract, against the whole image: area in [0.5, 1], aspect ratio in
+        # ASPECT_RANGE, both within the rounding of the crop's sides to whole pixels
+        tolerance = 2 / min(h, w)
+        assert h <= full_h and w <= full_w and h * w / (full_h * full_w) >= 0.5 * (1 - tolerance)
+        assert ASPECT_RANGE[0] * (1 - tolerance) <= w / h <= ASPECT_RANGE[1] * (1 + tolerance)
+
+
+def test_read_stage_yields_the_encoded_bytes(shards):
+    loader = build_loader(cfg(shards, batch_size=4), "train", 0, 1, CPU)
+    batches, count, nbytes = dali_stage(loader, "read")
+    batch = next(batches)
+    jpgs = [bytes(batch[0].at(i)) for i in range(count(batch))]
+    for jpg in jpgs:
+        Image.open(io.BytesIO(jpg)).verify()  # a whole JPEG, undecoded
+    assert len(jpgs) == 4 and nbytes(batch) == sum(map(len, jpgs))
+
+
+# The baseline's stages with DALI unimportable, as on a machine with torch + webdataset only.
+WITHOUT_DALI = """
+import sys
+sys.modules["nvidia.dali"] = None  # `import nvidia.dali` (and any of its modules) now raises ImportError
+import benchmarks.suite
+from benchmarks import pipeline_bench
+assert pipeline_bench.main(sys.argv[1:]) == 0
+assert [m for m, v in sys.modules.items() if m.startswith("nvidia.dali") and v is not None] == []
+"""
+
+
+def test_baseline_benchmarks_run_without_dali(shards, tmp_path):
+    out = tmp_path / "p.json"
+    args = ["--data", str(shards), "--device", "cpu", "--loaders", "baseline", "--json", str(out), "--batch-size",
+            "8", "--image-size", "32", "--warmup", "1", "--steps", "1", "--repeats", "1", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-c", WITHOUT_DALI, *args], env=ENV, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["loaders"]) == {"baseline"} and set(result["loaders"]["baseline"]) == {"read", "decode", "train"}
+    assert result["provenance"]["dali"] is None

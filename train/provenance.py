@@ -6,9 +6,11 @@ can be tied to the commit (and whether the tree was dirty) and the machine that 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,11 +42,12 @@ def cpu_name() -> str:
 
 
 def dali_version() -> str | None:
-    try:
-        import nvidia.dali as dali
-    except ImportError:
-        return None
-    return dali.__version__
+    """DALI's version: from the module where a loader imported it, else from the installed
+    package's metadata (a run that did not use DALI does not import it here)."""
+    if "nvidia.dali" in sys.modules:
+        return getattr(sys.modules["nvidia.dali"], "__version__", None)
+    return next((d.version for d in importlib.metadata.distributions()
+                 if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
 
 
 def provenance(device: torch.device, world: int = 1) -> dict:
