@@ -1,5 +1,6 @@
 """What the benchmark commands share: one argument parser for the data and timing flags, the
-DataConfig built from it, and the JSON record every benchmark writes (with provenance)."""
+DataConfig and loaders built from it, the GPU memory figures, and the JSON record every benchmark
+writes (with provenance)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import json
 import torch
 
 from pipeline.atomic import atomic_write
+from pipeline.base import Loader
 from pipeline.config import DataConfig, dali_threads
+from pipeline.loader import build_loader
 from pipeline.shards import load_split
+from train.backend import untimed_per_epoch
 from train.provenance import provenance
 
 IMAGENET_CLASSES = 1000
+# Batches per timed window by default. On a GPU a short window overstates a pipeline's rate: DALI's
+# prefetch queue is full when the window starts, and a sync every 10 batches lets it run ahead.
+WINDOW_BATCHES = {"cuda": 50, "cpu": 10}
 
 
 def add_data_args(p: argparse.ArgumentParser, batch_size: int, image_size: int = 224) -> None:
@@ -29,7 +36,8 @@ def add_data_args(p: argparse.ArgumentParser, batch_size: int, image_size: int =
     p.add_argument("--hw-decoder-load", type=float, default=0.65, help="share of JPEGs on the hardware decoder")
     p.add_argument("--num-classes", type=int, help="label range (default: the manifest's class list, else 1000)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches")
-    p.add_argument("--steps", type=int, default=10, help="batches per timed repeat")
+    p.add_argument("--steps", type=int, help=f"batches per timed repeat, inside one epoch (default: "
+                   f"{WINDOW_BATCHES['cuda']} on a GPU, {WINDOW_BATCHES['cpu']} on the CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the figures here (with provenance)")
 
@@ -41,6 +49,38 @@ def data_config(args: argparse.Namespace, loader: str) -> DataConfig:
                      hw_decoder_load=args.hw_decoder_load)
     cfg.workers = dali_threads(cfg)  # the same CPU budget for both loaders
     return cfg
+
+
+def window_steps(args: argparse.Namespace, device: torch.device) -> int:
+    """Batches per timed window: --steps, else the device's default (WINDOW_BATCHES)."""
+    return args.steps or WINDOW_BATCHES[device.type]
+
+
+def timed_loader(args: argparse.Namespace, loader: str, split: str, device: torch.device, classes: int) -> Loader:
+    """The loader `loader` for `split`, once one timed window fits in its epoch (after the epoch's
+    untimed lead-in); else SystemExit with one `error:` line naming the flags to change."""
+    built = build_loader(data_config(args, loader), split, 0, 1, device, classes)
+    lead, steps = untimed_per_epoch(args.warmup), window_steps(args, device)
+    if len(built) < lead + steps:
+        raise SystemExit(f"error: {args.data} ({split}, {loader}): an epoch is {len(built)} batches of "
+                         f"{args.batch_size}, but a timed window needs {lead} untimed (--warmup) + {steps} "
+                         f"timed (--steps) batches inside one epoch: lower --steps, --warmup or --batch-size, "
+                         "or give more data")
+    return built
+
+
+def gpu_memory(device: torch.device) -> dict:
+    """GPU memory since the last call, in MiB, then torch's peak reset for the next one.
+    `torch_peak_allocated_mb`: torch's own tensors at their peak (max_memory_allocated: it leaves
+    out DALI's pools, the CUDA contexts and torch's cache). `device_used_mb`: the driver's view
+    now, total - free of the whole device (DALI's pools, contexts, caches, other processes).
+    Both None off a GPU."""
+    if device.type != "cuda":
+        return {"torch_peak_allocated_mb": None, "device_used_mb": None}
+    free, total = torch.cuda.mem_get_info(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"torch_peak_allocated_mb": peak / 2**20, "device_used_mb": (total - free) / 2**20}
 
 
 def num_classes(args: argparse.Namespace) -> int:

@@ -4,9 +4,13 @@
         [--stages read,decode,train] [--device cpu|gpu] [--batch-size 128] [--image-size 224]
         [--threads N] [--num-classes N] [--warmup N] [--steps N] [--repeats R] [--json FILE]
 
-Stages (benchmarks/stages.py): `read` (shard bytes only: samples/s and MB/s), `decode` (full-size
-decode), `train` (the whole train augmentation, handed over as the trainer receives it). Median
-of repeats after warm-up.
+Stages (benchmarks/stages.py): `read` (shard bytes only: samples/s and MB/s), `decode` (the decode
+each loader's training starts with: DALI's random-crop decode, the baseline's full PIL decode),
+`train` (the whole train augmentation, handed over as the trainer receives it). Median of repeats
+after warm-up; each repeat lies inside one epoch, after that epoch's first batches
+(train.backend.rate), and is 50 batches on a GPU by default. Each stage's `gpu_memory` holds
+torch's peak while it ran and the driver's count of used device memory at its end
+(benchmarks.common.gpu_memory; None on the CPU).
 """
 
 from __future__ import annotations
@@ -16,21 +20,22 @@ import sys
 
 import torch
 
-from benchmarks.common import add_data_args, data_config, num_classes, write_json
+from benchmarks.common import add_data_args, gpu_memory, num_classes, timed_loader, window_steps, write_json
 from benchmarks.stages import STAGE_BUILDERS, STAGES
 from benchmarks.timing import resolve_device
-from pipeline.loader import build_loader
 from train.backend import rate
 
 
 def measure(loader_name: str, args, device: torch.device, classes: int) -> dict:
     """Every stage of one loader -> {stage: figures}."""
-    loader = build_loader(data_config(args, loader_name), args.split, 0, 1, device, classes)
+    loader = timed_loader(args, loader_name, args.split, device, classes)
     out = {}
-    for stage in args.stages.split(","):
+    for stage in filter(None, args.stages.split(",")):
+        gpu_memory(device)  # this stage's peak starts here
         batches, count, nbytes = STAGE_BUILDERS[loader_name](loader, stage)
-        r = rate(batches, count, device, args.warmup, args.steps, args.repeats)
-        entry = {"img_per_s": r["per_s"], "repeats_img_per_s": r["repeats"]}
+        # Windows inside the loader's epochs (DALI's read/decode stages: one pipeline, its reader wraps about there).
+        r = rate(batches, count, device, args.warmup, window_steps(args, device), args.repeats, len(loader))
+        entry = {"img_per_s": r["per_s"], "repeats_img_per_s": r["repeats"], "gpu_memory": gpu_memory(device)}
         if nbytes:
             sample = next(batches)
             entry["mb_per_s"] = r["per_s"] * nbytes(sample) / count(sample) / 1e6
@@ -59,8 +64,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     classes = num_classes(args)
-    result = {"args": vars(args), "loaders": {name: measure(name, args, device, classes)
-                                              for name in args.loaders.split(",")}}
+    result = {"args": vars(args), "steps": window_steps(args, device),
+              "loaders": {name: measure(name, args, device, classes) for name in args.loaders.split(",")}}
     loaders = result["loaders"]
     if "train" in loaders.get("dali", {}) and "train" in loaders.get("baseline", {}):
         result["dali_over_baseline_train"] = loaders["dali"]["train"]["img_per_s"] / loaders["baseline"]["train"][

@@ -5,13 +5,16 @@ process start, each epoch boundary's stall, and memory over epochs. No model.
         [--batch-size N] [--epochs E] [--threads N] [--rank R --world W] --json OUT
 
 `first_batch_s` counts from the PROCESS START (the kernel's start time of this process, read from
-/proc/self/stat), so it includes the interpreter, every import (torch, DALI), reading the manifest,
-the shard pre-flight, building the pipeline and filling the shuffle buffer. `phases_s` splits it:
-interpreter (to this module's first line), imports, build_loader (manifest, pre-flight, ...) and
-first_batch (the first epoch's pipeline build and first batch). Per batch only a timestamp is
-taken; on a GPU the device is synchronized at the first and last batch of each epoch only.
-`turnover_s[e]` is the gap between the last batch of epoch e and the first of e+1, less the median
-batch interval: the stall an epoch boundary adds. `rss_mb[e]` is the resident memory at epoch e's end.
+/proc/self/stat), so it includes the interpreter, every import (torch, DALI), starting CUDA,
+reading the manifest, the shard pre-flight, building the pipeline and filling the shuffle buffer.
+`phases_s` splits it: interpreter (to this module's first line), imports, cuda_start (on a GPU
+only: the CUDA context and a first allocation, synchronized), build_loader (manifest, pre-flight,
+...) and first_batch (the first epoch's pipeline build and first batch). Per batch only a
+timestamp is taken; on a GPU the device is synchronized at the first and last batch of each epoch
+only. `turnover_s[e]` is the gap between the last batch of epoch e and the first of e+1, less the
+median batch interval: the stall an epoch boundary adds. `rss_mb[e]` is the resident memory at
+epoch e's end; `gpu_memory` is torch's peak and the driver's count of used device memory after the
+last epoch (benchmarks.common.gpu_memory; None on the CPU).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
+from benchmarks.common import gpu_memory  # noqa: E402
 from benchmarks.timing import resolve_device  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
@@ -91,8 +95,17 @@ def drive(loader, epochs: int, device: torch.device) -> dict:
     return out
 
 
-def figures(t: dict, t_built: float) -> dict:
-    """The JSON figures (seconds, img/s, MiB) from drive()'s timestamps."""
+def start_cuda(device: torch.device) -> None:
+    """Create the CUDA context now, with a first allocation (torch does it lazily: it would land
+    in build_loader or the first batch)."""
+    torch.cuda.init()
+    torch.empty(1, device=device)
+    sync(device)
+
+
+def figures(t: dict, marks: dict[str, float]) -> dict:
+    """The JSON figures (seconds, img/s, MiB) from drive()'s timestamps; `marks` maps each phase
+    between this module's first line and drive()'s start to its end time, in order."""
     median = statistics.median(t["intervals"]) if t["intervals"] else 0.0
     ends = [t["start"], *t["last"]]
     epoch_s = [b - a for a, b in zip(ends, ends[1:])]  # epoch 0 includes its pipeline build
@@ -104,9 +117,15 @@ def figures(t: dict, t_built: float) -> dict:
         "img_per_s": sum(t["images"]) / sum(epoch_s),
         "img_per_s_per_epoch": [n / s for n, s in zip(t["images"], epoch_s)],
         "rss_mb": t["rss_mb"],
-        "phases_s": {"interpreter": T_MODULE - T_START, "imports": t_built[0] - T_MODULE,
-                     "build_loader": t_built[1] - t_built[0], "first_batch": t["first"][0] - t["start"]},
+        "phases_s": {**phases(marks), "first_batch": t["first"][0] - t["start"]},
     }
+
+
+def phases(marks: dict[str, float]) -> dict[str, float]:
+    """{"interpreter": s, then each phase of `marks`: s}, each from the end of the one before."""
+    ends = {"interpreter": T_MODULE, **marks}
+    starts = [T_START, *ends.values()]
+    return {name: end - start for (name, end), start in zip(ends.items(), starts)}
 
 
 def parse_args(argv=None):
@@ -132,26 +151,31 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = resolve_device(args.device)
     cfg = DataConfig(path=args.data, loader=args.loader, batch_size=args.batch_size, image_size=args.image_size,
                      num_threads=args.threads, workers=args.threads)
     if args.loader == "dali":
         import nvidia.dali  # noqa: F401  (counted with the imports, not with build_loader)
-    t_imported = time.perf_counter()
+    marks = {"imports": time.perf_counter()}
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        start_cuda(device)
+        marks["cuda_start"] = time.perf_counter()
     loader = build_loader(cfg, "train", args.rank, args.world, device)
-    t_built = time.perf_counter()
+    marks["build_loader"] = time.perf_counter()
     t = drive(loader, args.epochs, device)
-    r = {**figures(t, (t_imported, t_built)), "samples": loader.num_samples, "batches_per_epoch": len(loader),
+    r = {**figures(t, marks), "samples": loader.num_samples, "batches_per_epoch": len(loader),
          "images_per_epoch": t["images"], "shards": len(loader.split.files),
-         "rank_shards": len(loader.rank_files(0)), "args": vars(args),
+         "rank_shards": len(loader.rank_files(0)), "gpu_memory": gpu_memory(device), "args": vars(args),
          "provenance": provenance(device)}
     atomic_write(args.json, (json.dumps(r, indent=1) + "\n").encode())
     turn = ", ".join(f"{x:.3f}" for x in r["turnover_s"]) or "-"
     share = f" (rank {args.rank} of {args.world})" if args.world > 1 else ""
+    used = r["gpu_memory"]["device_used_mb"]
+    gpu = f"; GPU {used:.0f} MiB used (the driver's count)" if used is not None else ""
     print(f"{args.loader} on {device}{share}: first batch {r['first_batch_s']:.2f} s after process start "
           f"({', '.join(f'{k} {v:.2f}' for k, v in r['phases_s'].items())}); epochs "
           f"{', '.join(f'{s:.1f}' for s in r['epoch_s'])} s; turnover {turn} s; {r['img_per_s']:.0f} img/s; "
-          f"RSS {', '.join(f'{m:.0f}' for m in r['rss_mb'])} MiB")
+          f"RSS {', '.join(f'{m:.0f}' for m in r['rss_mb'])} MiB{gpu}")
     return 0
 
 

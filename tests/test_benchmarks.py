@@ -4,11 +4,15 @@ import json
 import shutil
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from benchmarks import pipeline_bench, shard_bench, suite
+from benchmarks.timing import endless
 from benchmarks.verdict import CONTENTION, mfu, verdict
+from train import backend
 from train.summary import loop_verdict, wait_histogram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +48,49 @@ def test_trainer_verdict_and_wait_histogram():
 
 def test_mfu():
     assert mfu(4.1e9, 1000, 3 * 4.1e12) == pytest.approx(1.0)  # training = 3x forward FLOPs
+
+
+class ShortEpochs:
+    """A loader on a virtual clock: each batch takes 1 s, and an epoch's start 100 s more (a
+    pipeline built, workers started). Logs each epoch start, each batch and each clock read."""
+
+    def __init__(self, batches: int, batch_size: int):
+        self.batches, self.batch_size, self.now, self.log = batches, batch_size, 0.0, []
+
+    def epoch(self, e: int):
+        self.now += 100.0
+        self.log.append(("start", e))
+        for i in range(self.batches):
+            self.now += 1.0
+            self.log.append(("batch", e, i))
+            yield [0] * self.batch_size
+
+    def clock(self) -> float:
+        self.log.append(("clock",))
+        return self.now
+
+
+@pytest.mark.parametrize(("batches", "warmup", "steps", "repeats"), [(7, 2, 3, 5), (4, 0, 3, 3), (30, 3, 10, 3)])
+def test_timed_windows_never_hold_an_epoch_start(monkeypatch, batches, warmup, steps, repeats):
+    fake = ShortEpochs(batches, batch_size=8)
+    monkeypatch.setattr(backend, "time", SimpleNamespace(perf_counter=fake.clock))
+    r = backend.rate(endless(fake.epoch), len, torch.device("cpu"), warmup, steps, repeats, epoch_batches=batches)
+    clocks = [i for i, event in enumerate(fake.log) if event == ("clock",)]
+    windows = [fake.log[a + 1:b] for a, b in zip(clocks[::2], clocks[1::2])]
+    assert len(windows) == repeats
+    for window in windows:  # `steps` batches of one epoch, and no epoch start among them
+        assert len(window) == steps and all(event[0] == "batch" for event in window)
+        assert len({event[1] for event in window}) == 1
+    assert r["repeats"] == [8.0] * repeats  # 8 images a virtual second: the loader's steady rate
+
+
+def test_rate_without_epochs_times_back_to_back_and_refuses_short_epochs():
+    pulled = []
+    batches = iter(lambda: pulled.append(1) or [0, 0], None)  # endless, no epochs
+    r = backend.rate(batches, len, torch.device("cpu"), warmup=2, steps=3, repeats=4)
+    assert len(pulled) == 2 + 3 * 4 and len(r["repeats"]) == 4
+    with pytest.raises(ValueError, match="epoch of 4 batches"):  # one untimed + 4 timed > 4
+        backend.rate(endless(ShortEpochs(4, 8).epoch), len, torch.device("cpu"), 0, 4, 1, epoch_batches=4)
 
 
 def test_pipeline_bench_writes_every_field(shards, tmp_path):
@@ -87,9 +134,33 @@ def test_suite_writes_json_and_plot(shards, tmp_path):
     assert r["mfu"]["peak_source"].startswith("measured")
     m = r["mfu"]
     assert m["model_only"] == pytest.approx(mfu(m["flops_per_img_forward"], model_s, m["peak_flops"]))
+    assert m["measured_peak_flops"] == m["peak_flops"]  # a CPU has no data sheet: the measured peak is the peak
+    assert m["of_measured_peak"] == {k: m[k] for k in ("model_only", "end_to_end_dali", "end_to_end_baseline")}
     for e in r["end_to_end"].values():  # each figure is the median of its timed repeats
         assert len(e["repeats"]) == 2 and e["per_s"] == pytest.approx(statistics.median(e["repeats"]))
+    no_gpu = {"torch_peak_allocated_mb": None, "device_used_mb": None}  # said plainly, not zeros
+    assert r["model_only"]["gpu_memory"] == r["end_to_end"]["dali"]["gpu_memory"] == no_gpu
+    assert r["pipeline_only"]["baseline"]["train"]["gpu_memory"] == no_gpu
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suite_refuses_an_epoch_too_short_for_a_window(shards, capsys):
+    args = ["--data", str(shards), "--device", "cpu", "--model", "resnet18", *TINY, "--steps", "1000"]
+    with pytest.raises(SystemExit) as e:
+        suite.main(args)
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert all(flag in message for flag in ("--steps", "--warmup", "--batch-size"))
+    assert "model only" not in capsys.readouterr().out  # refused before anything was timed
+
+
+def test_suite_times_the_model_alone(shards, tmp_path):
+    out = tmp_path / "m.json"
+    assert suite.main(["--data", str(shards), "--device", "cpu", "--model", "resnet18", "--loaders", "",
+                       "--json", str(out), *TINY]) == 0
+    r = json.loads(out.read_text())
+    assert r["model_only"]["per_s"] > 0 and r["pipeline_only"] == r["end_to_end"] == {} and "verdict" not in r
+    assert set(r["mfu"]["of_measured_peak"]) == {"model_only"} and r["steps"] == 2
 
 
 def test_shard_bench_runs(synthetic, tmp_path):

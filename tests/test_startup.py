@@ -111,9 +111,13 @@ def test_webdataset_and_dali_read_every_sample(tiny):
 def test_turnover_is_the_boundary_gap_less_the_median_interval():
     t = {"start": 0.0, "first": [2.0, 13.0], "last": [10.0, 20.0], "intervals": [1.0, 1.0, 3.0],
          "images": [8, 8], "rss_mb": [100.0, 101.0]}
-    r = startup.figures(t, (0.5, 1.0))
+    r = startup.figures(t, {"imports": startup.T_MODULE + 1.0, "cuda_start": startup.T_MODULE + 1.5,
+                            "build_loader": startup.T_MODULE + 3.0})
     assert r["epoch_s"] == [10.0, 10.0] and r["turnover_s"] == [13.0 - 10.0 - 1.0]
-    assert r["img_per_s"] == 16 / 20.0 and r["phases_s"]["first_batch"] == 2.0
+    assert r["img_per_s"] == 16 / 20.0
+    assert list(r["phases_s"]) == ["interpreter", "imports", "cuda_start", "build_loader", "first_batch"]
+    assert [r["phases_s"][k] for k in ("imports", "cuda_start", "build_loader", "first_batch")] == pytest.approx(
+        [1.0, 0.5, 1.5, 2.0])
 
 
 def test_first_batch_counts_from_process_start():
@@ -142,4 +146,6 @@ def test_startup_benchmark_writes_every_figure(tiny, tmp_path, loader, rank, wor
     assert r["img_per_s"] == pytest.approx(sum(r["images_per_epoch"]) / sum(r["epoch_s"]))
     assert r["first_batch_s"] == pytest.approx(sum(r["phases_s"].values()), abs=0.02)
     assert min(r["phases_s"].values()) >= 0 and r["phases_s"]["imports"] > 0
+    assert "cuda_start" not in r["phases_s"]  # a CPU run starts no CUDA
+    assert r["gpu_memory"] == {"torch_peak_allocated_mb": None, "device_used_mb": None}  # not zeros
     assert r["provenance"]["git_commit"] and r["provenance"]["device"] == "cpu"
