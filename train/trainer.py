@@ -29,7 +29,7 @@ from pipeline.shards import ShardError
 from train import checkpoint as ckpt
 from train import distributed, fault
 from train.amp import Precision
-from train.backend import configure_backends
+from train.backend import compiled, configure_backends
 from train.config import Config, ConfigError, load_config, to_dict, to_yaml
 from train.distill import Distiller, load_teacher
 from train.distributed import DistInfo
@@ -52,12 +52,21 @@ def image_size_at(epoch: int, resize: list[list[int]], default: int) -> int:
     return size
 
 
-def set_determinism(cfg: Config) -> None:
-    """Seed every RNG; deterministic kernels (bit-exact resume) or the fastest ones."""
+def set_determinism(cfg: Config, rank: int) -> None:
+    """Seed every RNG; deterministic kernels (bit-exact resume) or the fastest ones. The host RNGs
+    are the same on every rank (the model's init); each rank's GPU RNG is its own, or every rank
+    would draw the same dropout masks."""
     torch.manual_seed(cfg.train.seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed(cuda_seed(cfg.train.seed, rank))
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     configure_backends(cfg.train.deterministic)
+
+
+def cuda_seed(seed: int, rank: int) -> int:
+    """This rank's GPU RNG seed: (seed, rank) hashed, so no two ranks share a stream."""
+    return random.Random(f"cuda/{seed}/{rank}").getrandbits(63)
 
 
 def find_start(cfg: Config, info: DistInfo) -> tuple[str, dict] | None:
@@ -204,7 +213,7 @@ def run(cfg: Config, info: DistInfo) -> int:
             cfg = dataclasses.replace(cfg, model=stored_model_config(cfg.train.finetune.weights, cfg.model))
         except ValueError as e:
             raise ckpt.CheckpointError(str(e)) from None
-    set_determinism(cfg)
+    set_determinism(cfg, info.rank)
     run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
     teacher = None
@@ -252,11 +261,9 @@ def run(cfg: Config, info: DistInfo) -> int:
         log.line(f"distilling from {cfg.distill.teacher} ({cfg.distill.teacher_model}, {teacher_gflop:.2f} GFLOP/img "
                  f"forward, counted in img/s): alpha {cfg.distill.alpha}, temperature {cfg.distill.temperature}")
         distiller = Distiller(teacher, cfg.distill.alpha, cfg.distill.temperature)
-    if cfg.train.compile != "none":  # one static graph per image size
-        mode = None if cfg.train.compile == "default" else cfg.train.compile
-        model = torch.compile(model, mode=mode, dynamic=False)
-        if distiller is not None:
-            distiller.teacher = torch.compile(distiller.teacher, mode=mode, dynamic=False)
+    model = compiled(model, cfg.train.compile)  # one static graph per image size
+    if distiller is not None:
+        distiller.teacher = compiled(distiller.teacher, cfg.train.compile)
     steps = len(train_loader)  # per epoch
     total_steps = cfg.train.epochs * steps
     parts = StepParts(model, optimizer, precision, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
