@@ -13,10 +13,9 @@ import sys
 
 import torch
 
+from benchmarks.gpu_check import NOT_CHECKED  # exit code: torchvision could not be imported
 from benchmarks.timing import resolve_device
 from model import ModelConfig, build_model
-
-NOT_CHECKED = 3  # exit code: torchvision could not be imported, so nothing was compared
 
 
 def main(argv=None) -> int:

@@ -1,91 +1,199 @@
-"""benchmarks/gpu_check.sh: its dry run (every step at toy size on the CPU), the rows and table it
-writes as it goes, its budget, and what it records when time runs out."""
+"""benchmarks.gpu_check: the GPU plan fits a visit, the figures come from each step's own files,
+a timeout or a stop still leaves every row and the table, and the dry runs of both tiers run the
+same plan on the CPU (tier 1 with DALI blocked)."""
 
 import json
-import os
-import re
+import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
+from conftest import ENV
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-ENV = {**os.environ, "PYTHON": sys.executable}
-STATUSES = {"ok", "failed", "timeout", "skipped"}
+from benchmarks import gpu_check, gpu_data, gpu_figures
+from benchmarks.gpu_plan import plan
 
-
-def run(out: Path, *args: str, env=ENV, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), "--out", str(out), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+# A visit: 15 minutes in all, for the machine's start, tier 1 (carrying bundle part 1), the other
+# parts' transfers and tier 2, with room to run tier 1 again (issue 15).
+TIER_1_S, TIER_2_S, FILES_BACK = 180, 360, 8
 
 
-def rows(out: Path) -> dict:
-    lines = (out / "results.jsonl").read_text().splitlines()
-    return {r["name"]: r for r in map(json.loads, lines)}
+def names(steps) -> list[str]:
+    return [s.name for s in steps]
 
 
-def torchvision_imports() -> bool:
-    p = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
-    return p.returncode == 0
+def test_each_tiers_gpu_plan_fits_its_budget():
+    tier1, tier2 = plan(1, dry=False, cores=16), plan(2, dry=False, cores=16)
+    assert sum(s.budget_s for s in tier1) <= TIER_1_S
+    assert sum(s.budget_s for s in tier2) <= TIER_2_S
+    assert not {"preflight", "data"} - set(names(tier1)) and "bundle" in names(tier2)
+    assert not any("dali" in s.needs for s in tier1)  # tier 1 needs no DALI
+    # the dry run is the same plan, less the sweep's points
+    assert names(plan(1, dry=True, cores=2)) == names(tier1)
+    assert [n for n in names(plan(2, dry=True, cores=2)) if not n.startswith("sweep_")] == [
+        n for n in names(tier2) if not n.startswith("sweep_")]
 
 
-def test_usage_errors_exit_2(tmp_path):
-    assert run(tmp_path, "--bogus").returncode == 2
-    assert subprocess.run(["bash", str(SCRIPT)], capture_output=True).returncode == 2
+def test_only_picks_steps_with_the_set_up_they_need():
+    assert names(plan(1, False, 16, {"torchvision"})) == ["preflight", "torchvision"]
+    assert names(plan(1, False, 16, {"model_compile_max-autotune"})) == ["preflight", "model_compile_max-autotune"]
+    assert names(plan(2, False, 16, {"startup"})) == ["bundle", "preflight_dali", "tiny", "startup"]
+    assert names(plan(2, False, 16, {"hw_decoder"})) == ["bundle", "preflight_dali", "data_dali", "hw_decoder"]
+    assert "model_compile_max-autotune" not in names(plan(1, False, 16))  # its own --only run
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
+    assert gpu_check.main(["--tier", "1", "--out", str(tmp_path), "--only", "suite_dali"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --only: not a tier-1 step: suite_dali")
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--tier", "3", "--out", str(tmp_path)])
+    assert e.value.code == 2
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive (a killed process not yet reaped is a zombie: state Z)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_step_past_its_timeout_is_killed_with_its_children(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    code = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+            f"time.sleep(60)']); open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    t0 = time.monotonic()
+    status, seconds = gpu_check.run_step([sys.executable, "-c", code], tmp_path / "x.log", 2.0, ENV)
+    assert status == "timeout" and 2.0 <= seconds < 2.0 + gpu_check.KILL_GRACE_S + 5
+    assert time.monotonic() - t0 < 15
+    child = int(pidfile.read_text())
+    time.sleep(0.5)
+    assert not running(child)  # the grandchild went with its group
+    exits = {code: gpu_check.run_step([sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / "y.log", 30,
+                                      ENV)[0] for code in (0, 1, 3)}
+    assert exits == {0: "ok", 1: "failed", 3: "skipped"}  # 3: the step could not check (torchvision missing)
+
+
+def test_no_time_left_skips_every_step_and_still_writes_the_table(tmp_path):
+    out = tmp_path / "out"
+    rc = gpu_check.main(["--tier", "1", "--dry-run", "--out", str(out), "--work", str(tmp_path / "w"),
+                         "--deadline", "0"])
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert rc == 0 and [r["name"] for r in rows] == names(plan(1, dry=True, cores=2))
+    assert all(r["status"] == "skipped" for r in rows) and "no time left" in rows[0]["figures"]["note"]
+    table = (out / "table.md").read_text()
+    assert all(f"| {r['name']} | skipped |" in table for r in rows)
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl", "table.md", "tier1.tar.gz"]
+    assert len(list(out.iterdir())) <= FILES_BACK
+
+
+def test_figures_come_from_each_steps_own_files(tmp_path):
+    suite = {"model_only": {"per_s": 4000.0, "gpu_memory": {"torch_peak_allocated_mb": 30e3, "device_used_mb": None}},
+             "pipeline_only": {"dali": {"decode": {"img_per_s": 12000.0}, "train": {"img_per_s": 9000.0}}},
+             "end_to_end": {"dali": {"per_s": 3900.0, "gpu_memory": {"device_used_mb": 41e3}}},
+             "verdict": {"efficiency": 0.975, "bound": "compute"},
+             "mfu": {"model_only": 0.5, "peak_source": "data sheet", "measured_peak_flops": 8e14,
+                     "of_measured_peak": {"model_only": 0.6}}}
+    (tmp_path / "suite_dali.json").write_text(json.dumps(suite))
+    f = gpu_figures.figures("suite_dali", tmp_path, "ok")
+    assert f == {"model_only_img_s": 4000.0, "dali_decode_img_s": 12000.0, "dali_train_img_s": 9000.0,
+                 "end_to_end_dali_img_s": 3900.0, "efficiency": 0.975, "verdict": "compute", "mfu_model_only": 0.5,
+                 "measured_peak_tflops": 800.0, "mfu_measured_peak_model_only": 0.6,
+                 "model_only_torch_peak_allocated_mb": 30e3, "end_to_end_dali_device_used_mb": 41e3}
+    (tmp_path / "suite_baseline.json").write_text(json.dumps({"model_only": {"per_s": 3000.0}}))
+    (tmp_path / "model_compile_default.json").write_text(json.dumps({"model_only": {"per_s": 3600.0}}))
+    assert gpu_figures.figures("model_compile_default", tmp_path, "ok")["vs_eager"] == 1.2
+    (tmp_path / "startup.json").write_text(json.dumps(
+        {"first_batch_s": 4.2, "turnover_s": [0.01, 0.05], "median_batch_interval_s": 0.025, "img_per_s": 9e3}))
+    assert gpu_figures.figures("startup", tmp_path, "ok")["worst_turnover_in_batches"] == 2.0  # 0.05 / 0.025
+    (tmp_path / "hw_decoder.json").write_text(json.dumps({"loads": {
+        "0": {"stages": {"decode": {"img_per_s": 5000.0}}, "engine_peak_pct": {"sm": 90.0}},
+        "0.65": {"stages": {"decode": {"img_per_s": 11000.0}}, "engine_peak_pct": {"jpg": 70.0, "sm": 60.0}}}}))
+    assert gpu_figures.figures("hw_decoder", tmp_path, "ok") == {
+        "hw0_decode_img_s": 5000.0, "hw0.65_decode_img_s": 11000.0, "hw0.65_jpg_engine_peak_pct": 70.0}
+    (tmp_path / "tests_gpu.log").write_text("....\n=== 4 passed, 1 skipped in 30.1s ===\n")
+    assert gpu_figures.figures("tests_gpu", tmp_path, "ok") == {"result": "4 passed, 1 skipped in 30.1s"}
+    (tmp_path / "torchvision.log").write_text("Traceback ...\nRuntimeError: boom\n")
+    assert gpu_figures.figures("torchvision", tmp_path, "failed") == {
+        "result": "RuntimeError: boom", "log_tail": "RuntimeError: boom"}
+    assert gpu_figures.figures("suite_baseline", tmp_path / "nothing", "timeout") == {}
+
+
+def test_data_made_for_the_same_request_is_reused_between_tiers(tmp_path, capsys):
+    args = ["--tiny", "--out", str(tmp_path / "tiny"), "--json", str(tmp_path / "t.json"), "--",
+            "--samples", "300", "--shards", "3"]
+    assert gpu_data.main(args) == 0
+    first = json.loads((tmp_path / "t.json").read_text())
+    mtime = (tmp_path / "tiny" / "_info.json").stat().st_mtime_ns
+    assert gpu_data.main(args) == 0
+    again = json.loads((tmp_path / "t.json").read_text())
+    assert (first["reused"], again["reused"]) == (False, True)
+    assert (tmp_path / "tiny" / "_info.json").stat().st_mtime_ns == mtime
+    assert again["splits"]["train"] == {"samples": 300, "shards": 3}
+    assert gpu_data.main([*args[:-1], "4"]) == 0  # another request: made anew
+    assert json.loads((tmp_path / "t.json").read_text())["splits"]["train"] == {"samples": 300, "shards": 4}
+
+
+def rows_of(out) -> dict:
+    return {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
 
 
 @pytest.mark.slow
-def test_dry_run_runs_every_step_and_records_each_row(tmp_path):
-    p = run(tmp_path, "--dry-run")
-    r = rows(tmp_path)
-    log = p.stdout[-4000:] + p.stderr[-2000:]
-    expected = ["preflight", "data", "suite", "tiny", "startup", "torchvision", "tests_gpu", "train_compile_none",
-                "train_channels4", "sweep_hw0.3_t1", "compile_default",
-                "compile_reduce-overhead", "compile_max-autotune"]
-    assert [n for n in r if n != "install"] == expected, log
-    assert all(x["status"] in STATUSES and x["seconds"] >= 0 for x in r.values())
-    for name in ("preflight", "data", "suite", "tiny", "startup", "tests_gpu", "sweep_hw0.3_t1",
-                 "train_compile_none", "train_channels4"):
+def test_a_stopped_check_keeps_the_rows_so_far_and_names_the_step_it_stopped(tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--tier", "1", "--dry-run", "--out", str(out),
+                          "--work", str(tmp_path / "w")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "w" / "tier1" / "data.log").exists():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    output = p.communicate(timeout=60)[0]
+    r = rows_of(out)
+    assert p.returncode == 1, output
+    assert r["preflight"]["status"] == "ok" and r["data"]["status"] == "timeout"
+    assert "stopped (SIGTERM)" in r["data"]["figures"]["note"]
+    assert "| data | timeout |" in (out / "table.md").read_text()
+    assert output.rstrip().endswith(open(out / "table.md").read().rstrip().splitlines()[-1])  # the table, last
+
+
+@pytest.mark.slow
+def test_tier_1_dry_run_runs_every_step_without_dali(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "w"
+    rc = gpu_check.main(["--tier", "1", "--dry-run", "--out", str(out), "--work", str(work)])
+    r = rows_of(out)
+    log = (work / "tier1" / "suite_baseline.log").read_text()[-3000:]
+    assert list(r) == names(plan(1, dry=True, cores=2)), r
+    for name in ("preflight", "data", "suite_baseline", "tests_gpu"):
         assert r[name]["status"] == "ok", (name, r[name], log)
-    for mode in ("default", "reduce-overhead", "max-autotune"):
-        assert r[f"compile_{mode}"]["status"] == "skipped" and "dry run" in r[f"compile_{mode}"]["figures"]["note"]
-    tv = r["torchvision"]
-    if torchvision_imports():
-        assert tv["status"] == "ok" and "OK" in tv["figures"]["result"]
-    else:
-        assert tv["status"] == "skipped" and "NOT CHECKED (torchvision not importable" in tv["figures"]["result"]
-    # figures come from each step's own output
-    assert r["data"]["figures"] == {"train": 4 * 40, "validation": 4 * 5, "shards": 4}
-    assert r["tiny"]["figures"] == {"train": 2000, "shards": 8}
-    suite = json.loads((tmp_path / "suite.json").read_text())
-    assert r["suite"]["figures"]["efficiency"] == pytest.approx(suite["verdict"]["efficiency"], rel=1e-3)
-    assert {"model_only_img_s", "dali_decode_img_s", "end_to_end_dali_img_s", "end_to_end_baseline_img_s"} <= set(
-        r["suite"]["figures"])
-    s = r["startup"]["figures"]
-    assert s["samples"] == 2000 and s["shards"] == 8 and len(s["turnover_s"]) == 1 and s["first_batch_s"] > 0
-    assert "passed" in r["tests_gpu"]["figures"]["result"] or "skipped" in r["tests_gpu"]["figures"]["result"]
-    table = (tmp_path / "table.md").read_text()
-    assert all(f"| {n} | {r[n]['status']} |" in table for n in expected)
-    assert all((tmp_path / f"{n}.log").exists() for n in expected if r[n]["status"] != "skipped")
-    bad = any(x["status"] in ("failed", "timeout") for x in r.values())
-    assert p.returncode == (1 if bad else 0), log
-    # the printed budget: every step's timeout, summing to at most the whole run's 540 s
-    budget = re.search(r"budget: (\d+) s in all; per step: ([^;\n]*)", p.stdout)
-    per_step = dict((k, int(v)) for k, v in (x.rsplit(" ", 1) for x in budget.group(2).split(", ")))
-    assert int(budget.group(1)) == 540 and sum(per_step.values()) <= 540 and set(per_step) == set(r)
+    assert r["model_compile_default"]["status"] == "skipped"
+    assert r["torchvision"]["status"] in ("ok", "skipped") or "NOT CHECKED" in r["torchvision"]["figures"]["result"]
+    assert r["data"]["figures"]["train_samples"] == 4 * 40 and r["data"]["figures"]["train_shards"] == 4
+    suite = json.loads(next(p for p in (work / "tier1").glob("suite_baseline.json")).read_text())
+    assert r["suite_baseline"]["figures"]["end_to_end_baseline_img_s"] == pytest.approx(
+        suite["end_to_end"]["baseline"]["per_s"], rel=1e-3)
+    assert "nvidia.dali" not in json.loads((work / "tier1" / "preflight.json").read_text())
+    blocked = subprocess.run([sys.executable, "-c", "import nvidia.dali"], env=gpu_check.environment(
+        gpu_check.Context(sys.executable, gpu_check.ROOT, work, out, None, True), 1), capture_output=True, text=True)
+    assert blocked.returncode != 0 and "blocked" in blocked.stderr  # what every tier-1 step ran under
+    assert rc == (1 if any(x["status"] in ("failed", "timeout") for x in r.values()) else 0)
 
 
 @pytest.mark.slow
-def test_out_of_time_still_leaves_rows_and_table(tmp_path):
-    env = {**ENV, "GPU_CHECK_BUDGET_S": "8"}
-    p = run(tmp_path, "--quick", "--dry-run", env=env, timeout=120)
-    r = rows(tmp_path)
-    assert list(r) == [n for n in ("install", "preflight", "data", "suite") if n in r]
-    late = r["suite"]
-    assert late["status"] in ("timeout", "skipped") and late["seconds"] <= 2 * 8 + 6, late  # dry run: x2
-    if late["status"] == "skipped":
-        assert "no time left" in late["figures"]["note"] or "no shards" in late["figures"]["note"]
-    assert p.returncode == (1 if any(x["status"] in ("failed", "timeout") for x in r.values()) else 0)
-    assert "| suite |" in (tmp_path / "table.md").read_text()
+def test_tier_2_dry_run_measures_dali(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "w"
+    gpu_check.main(["--tier", "2", "--dry-run", "--out", str(out), "--work", str(work)])
+    r = rows_of(out)
+    assert list(r) == names(plan(2, dry=True, cores=2))
+    assert r["bundle"]["status"] == "skipped"
+    for name in ("preflight_dali", "data_dali", "suite_dali", "hw_decoder", "tiny", "startup", "tests_gpu_dali",
+                 "sweep_hw0.3_t1"):
+        assert r[name]["status"] == "ok", (name, r[name])
+    f = r["suite_dali"]["figures"]
+    assert {"model_only_img_s", "dali_read_img_s", "dali_decode_img_s", "dali_train_img_s",
+            "end_to_end_dali_img_s", "efficiency"} <= set(f)
+    assert {"hw0_decode_img_s", "hw0.65_decode_img_s"} <= set(r["hw_decoder"]["figures"])
+    assert r["startup"]["figures"]["samples"] == 2000 and len(r["startup"]["figures"]["turnover_s"]) == 1
