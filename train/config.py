@@ -2,34 +2,25 @@
 
     cfg = load_config("configs/demo.yaml", ["optim.base_lr=0.2", "train.epochs=3"])
 
-YAML is read with a SafeLoader subclass (no Python tags, so `!!python/object` is refused) that
-follows YAML 1.2 for scalars: only true/false are booleans (`amp: off` stays the string "off"),
-`010` is the integer 10 (not octal 8), `1:30` is a string (not 90)
-and `5e-5` is a float (PyYAML's YAML 1.1 rules read it as a string). Every key is checked
-against the dataclass fields and every value against the field's type; a problem raises
-ConfigError with a one-line message naming the dotted key.
+This file is the schema: the sections, their defaults, and the range and cross-field checks.
+Reading YAML (safe, YAML 1.2 scalars) and checking keys and types is train/typed_yaml.py's job.
+Any problem raises ConfigError with a one-line message naming the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from model import ModelConfig
+from model import MODEL_NAMES, ModelConfig
 from pipeline.config import DataConfig
+from train.typed_yaml import ConfigError, build, parse_yaml, set_dotted
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
-
-
-class ConfigError(ValueError):
-    """A bad config: unknown key, wrong type or bad value. The message names the dotted key."""
 
 
 @dataclass
@@ -105,97 +96,10 @@ class Config:
     profile: bool = False  # torch.profiler trace of a few steps after warm-up (train/profile.py)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 (core schema) booleans, integers and floats."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        """YAML 1.2 integers: decimal (`010` is 10), `0o17` octal, `0x1f` hex; no `1:30` or `1_000`."""
-        text = self.construct_scalar(node)
-        if text.startswith(("0o", "0x")):
-            return int(text[2:], 8 if text[1] == "o" else 16)
-        return int(text, 10)
-
-
-_YAML11 = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
-_Loader.yaml_implicit_resolvers = {
-    k: [r for r in v if r[0] not in _YAML11] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def parse_yaml(text: str, where: str) -> object:
-    """YAML text -> plain Python data; ConfigError (naming `where`) on a syntax error or a tag."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as e:
-        msg = " ".join(str(e).split())
-        raise ConfigError(f"config: {where}: not safe YAML ({msg})") from None
-
-
-def _check(value: object, tp: object, key: str) -> object:
-    """`value` converted to type `tp` (int -> float only), or ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _check(value, inner[0], key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config: '{key}' must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config: '{key}' must be a list, got {type(value).__name__}")
-        (item,) = typing.get_args(tp)
-        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is not tp:  # bool is not an int here, and an int is not a str
-        raise ConfigError(f"config: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls: type, values: dict, prefix: str = "") -> object:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in values:
-        if k not in names:
-            raise ConfigError(f"config: unknown key '{prefix}{k}'")
-    kwargs = {k: _check(v, hints[k], prefix + k) for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:  # ModelConfig checks its values in __post_init__
-        raise ConfigError(f"config: {e}") from None
-
-
-def _set_dotted(tree: dict, dotted: str, value: object) -> None:
-    node, parts = tree, dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config: unknown key '{dotted}' ('{part}' is not a section)")
-        node = child
-    node[parts[-1]] = value
-
-
 def validate(cfg: Config) -> None:
-    """Range checks beyond types; ConfigError naming the first bad key."""
-    try:
-        cfg.data.validate()
-    except ValueError as e:
-        raise ConfigError(f"config: {e}") from None
+    """Range checks beyond types; ConfigError naming the first bad key (ValueError from the data
+    section's own checks, which from_dict names a config error)."""
+    cfg.data.validate()
     o, t = cfg.optim, cfg.train
     checks = [
         ("optim.base_lr", o.base_lr > 0, "must be > 0"),
@@ -230,11 +134,9 @@ def validate(cfg: Config) -> None:
 
 def cross_check(cfg: Config) -> None:
     """Fields that must agree with each other; ConfigError naming both keys, before any work."""
-    if cfg.distill.teacher:
-        try:
-            ModelConfig(name=cfg.distill.teacher_model, num_classes=cfg.model.num_classes)
-        except ValueError as e:
-            raise ConfigError(f"config: 'distill.teacher_model': {e}") from None
+    if cfg.distill.teacher and cfg.distill.teacher_model not in MODEL_NAMES:
+        raise ConfigError(f"config: 'distill.teacher_model' must be one of {list(MODEL_NAMES)}, "
+                          f"got {cfg.distill.teacher_model!r}")
     channels = 4 if cfg.data.pad_channels else 3
     if cfg.model.in_channels != channels:
         raise ConfigError(f"config: 'data.pad_channels' is {str(cfg.data.pad_channels).lower()} ({channels} input "
@@ -261,10 +163,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"config: override {item!r} is not key=value")
-        _set_dotted(tree, key, parse_yaml(raw, f"override {key}"))
-    cfg = _build(Config, tree)
-    validate(cfg)
-    return cfg
+        set_dotted(tree, key, parse_yaml(raw, f"override {key}"))
+    return from_dict(tree)
 
 
 def to_dict(cfg: Config) -> dict:
@@ -273,11 +173,18 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_yaml(cfg: Config) -> str:
+    """The config as YAML, sections and keys in schema order (what config.yaml of a run holds)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def from_dict(tree: dict) -> Config:
-    """Inverse of to_dict (e.g. the config stored in a checkpoint)."""
-    cfg = _build(Config, tree)
-    validate(cfg)
+    """Inverse of to_dict (e.g. the config stored in a checkpoint): the Config from a tree of plain
+    values, checked. ConfigError naming the key on any unknown key, wrong type or bad value."""
+    try:
+        cfg = build(Config, tree)
+        validate(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a section's own checks: ModelConfig.__post_init__, DataConfig.validate
+        raise ConfigError(f"config: {e}") from None
     return cfg
