@@ -16,7 +16,8 @@ CPU = torch.device("cpu")
 # DALI 2.4's wrapping of an operator's error: the operator, the graph's Python traceback, what it
 # encountered, the C++ context (the real messages, with the paths shortened).
 WRAPPED = ("Critical error {when}:\nError in CPU operator `nvidia.dali.fn.{op}`,\nwhich was used in the pipeline "
-           "definition with the following traceback:\n\n  File \"/work/main/pipeline/dali.py\", line 174, in pipe\n"
+           "definition with the following traceback:\n\n"
+           "  File \"/work/main/pipeline/dali_graph.py\", line 155, in pipe\n"
            "    images = stage(images)\n\nencountered:\n\n{what}\nC++ context: [/opt/dali/dali/x.cc:50] \n"
            "Current pipeline object is no longer valid.")
 

@@ -13,7 +13,7 @@ from conftest import BAD, ENV, GOOD, jpeg_bytes, make_shard, shard_labels, tampe
 from PIL import Image
 
 from benchmarks.stages import dali_stage
-from pipeline import dali
+from pipeline import dali_graph
 from pipeline.augment import ASPECT_RANGE
 from pipeline.base import epoch_seed
 from pipeline.config import DataConfig
@@ -85,7 +85,7 @@ def test_ranks_read_disjoint_samples_covering_the_dataset(shards):
     for rank in range(2):
         loader = build_loader(cfg(shards, batch_size=1), "train", rank, 2, CPU)
         with loader.rank_share(0) as inputs:
-            pipe = dali.build_pipeline(loader.cfg, inputs, None, 0, [], False, 1)
+            pipe = dali_graph.build_pipeline(loader.cfg, inputs, None, 0, [], False, 1)
         keys.append({bytes(pipe.run()[2].as_array()[0]).decode() for _ in range(loader.num_samples)})
     assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == split.num_samples
     lens = {len(build_loader(cfg(shards, loader), "train", r, 2, CPU)) for r in range(2) for loader in LOADERS}
@@ -107,11 +107,11 @@ def test_a_rank_parses_only_its_shards_and_reads_what_dali_sharding_reads(shards
         files = loader.epoch_files(1)[0]
         seed = 1234 + rank
         with loader.rank_share(1) as inputs:
-            mine = dali.build_pipeline(loader.cfg, inputs, None, seed, [], True, 1)
+            mine = dali_graph.build_pipeline(loader.cfg, inputs, None, seed, [], True, 1)
             assert inputs.num_shards == 1 and inputs.paths == loader.rank_files(1)
             assert len(inputs.paths) < len(split.files)
         everything = ReaderInputs(files, [str(idx_path(f)) for f in files], rank, world)
-        theirs = dali.build_pipeline(loader.cfg, everything, None, seed, [], True, 1)
+        theirs = dali_graph.build_pipeline(loader.cfg, everything, None, seed, [], True, 1)
         assert mine.reader_meta("reader")["epoch_size"] == loader.num_samples
         for _ in range(len(loader) + 1):  # past the end of the share: the reader wraps the same way
             a, b = mine.run(), theirs.run()
@@ -128,9 +128,8 @@ def test_dali_is_deterministic_per_seed_and_epoch(shards):
 
 @pytest.mark.parametrize("loader", LOADERS)
 def test_crop_size_changes_between_epochs(shards, loader):
-    train = build_loader(cfg(shards, loader), "train", 0, 1, CPU)
+    train = build_loader(cfg(shards, loader), "train", 0, 1, CPU, size_at=lambda epoch: 48 if epoch == 0 else 32)
     assert next(train.epoch(0))[0].shape[-1] == 48
-    train.set_image_size(32)
     assert next(train.epoch(1))[0].shape[-2:] == (32, 32)
 
 
@@ -226,10 +225,10 @@ def test_decode_stage_decodes_the_training_crop(shards):
 
     def same_seed(stage):
         with loader.rank_share(0) as inputs:
-            pipe = dali.build_pipeline(loader.cfg, inputs, None, epoch_seed(loader.cfg.seed, 0), [stage], True, 2)
+            pipe = dali_graph.build_pipeline(loader.cfg, inputs, None, epoch_seed(loader.cfg.seed, 0), [stage], True, 2)
         return pipe.run()
-    crop = same_seed(dali.decode_random_crop(dali.Decoder(None), 0.5))
-    whole = same_seed(dali.decode(dali.Decoder(None)))
+    crop = same_seed(dali_graph.decode_random_crop(dali_graph.Decoder(None), 0.5))
+    whole = same_seed(dali_graph.decode(dali_graph.Decoder(None)))
     assert sources(crop) == sources(whole) == [bytes(src.at(i)) for i in range(len(src))]  # the same samples
     assert images.shape() == crop[0].shape() != whole[0].shape()
     for (h, w, _), (full_h, full_w, _) in zip(images.shape(), whole[0].shape()):
