@@ -10,8 +10,7 @@ a resumed epoch skips the batches already done without decoding them and still g
 batches as an uninterrupted run. Bad data stops the epoch with a ShardError naming the shard and
 sample: each shard's tar headers are checked against its index and its sample count against the
 manifest before it is read. That re-reads the tar headers (Python's tarfile) and the index of
-every shard every epoch: 0.52 s for the demo's 2,600 samples in 11 shards, 200 us a sample (median
-of 3, 2-core EPYC), which every baseline figure measured since `9cfa30e` includes.
+every shard every epoch, a cost every baseline figure includes (benchmarks/RESULTS.md says how much).
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ from pipeline.shards import ShardError
 Transform = Callable[[dict, random.Random], object]  # a sample (webdataset dict) -> what the worker yields
 
 
-def where(sample: dict) -> str:
+def sample_name(sample: dict) -> str:
+    """'shard.tar: sample KEY' of a webdataset sample, for errors."""
     return f"{sample['__url__']}: sample {sample['__key__']}"
 
 
@@ -45,7 +45,7 @@ def decode(sample: dict) -> Image.Image:
     try:
         return Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
     except Exception as e:  # PIL raises many types for bad data
-        raise ShardError(f"{where(sample)}: jpg does not decode ({e})") from None
+        raise ShardError(f"{sample_name(sample)}: jpg does not decode ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,9 @@ class ShardStream(IterableDataset):
                     continue
                 missing = [e for e in REQUIRED if e not in sample]
                 if missing:
-                    raise ShardError(f"{where(sample)} has no {missing[0]}")
+                    raise ShardError(f"{sample_name(sample)} has no {missing[0]}")
                 x = self.transform(sample, random.Random(f"{self.seed}/{sample['__key__']}"))
-                yield x, parse_cls(sample["cls"], self.num_classes, where(sample))
+                yield x, parse_cls(sample["cls"], self.num_classes, sample_name(sample))
             if not self.repeat or not files:
                 return
 

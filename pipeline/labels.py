@@ -16,11 +16,11 @@ _BLANK = (0, 9, 10, 13, 32)  # NUL padding and ASCII white space
 MAX_DIGITS = 18  # fits int64
 
 
-def parse_labels(raw: np.ndarray, num_classes: int | None, where: Callable[[int], str]) -> np.ndarray:
-    """(N, L) uint8 rows of ASCII, zero-padded -> int64 array of N labels. Vectorized: about 60 us
-    for 256 labels on the 2-core CPU (timeit).
+def parse_labels(raw: np.ndarray, num_classes: int | None, name_of: Callable[[int], str]) -> np.ndarray:
+    """(N, L) uint8 rows of ASCII, zero-padded -> int64 array of N labels, all rows at once (no
+    Python loop per label).
 
-    Raises ShardError naming `where(i)` (shard and sample key) for the first row that is not one
+    Raises ShardError naming `name_of(i)` (shard and sample key) for the first row that is not one
     run of 1..18 digits with only white space or padding around it, or whose value is >= num_classes.
     """
     b = raw.astype(np.int64)
@@ -36,16 +36,17 @@ def parse_labels(raw: np.ndarray, num_classes: int | None, where: Callable[[int]
         i = int(bad[0])
         text = bytes(raw[i]).rstrip(b"\0").decode("ascii", "replace")
         why = "is not a non-negative integer" if not ok[i] else f"is out of range for {num_classes} classes"
-        raise ShardError(f"{where(i)}: cls {text[:20]!r} {why}")
+        raise ShardError(f"{name_of(i)}: cls {text[:20]!r} {why}")
     return labels
 
 
-def parse_cls(raw: bytes, num_classes: int | None, where: str) -> int:
-    """One sample's `cls` bytes -> its label (the same rules as parse_labels). A plain label takes
-    the scalar path (called per sample: about 1 us, against 130 us through the array parser);
-    anything else goes through parse_labels, which names what is wrong."""
+def parse_cls(raw: bytes, num_classes: int | None, name: str) -> int:
+    """One sample's `cls` bytes -> its label (the same rules as parse_labels); a ShardError names
+    `name` (shard and sample key). A plain label takes a scalar path, as this is called once per
+    sample and the array parser's set-up dominates for one row; anything else goes through
+    parse_labels, which says what is wrong."""
     text = raw.strip(bytes(_BLANK))
     if text.isdigit() and len(text) <= MAX_DIGITS and (num_classes is None or int(text) < num_classes):
         return int(text)
     row = np.frombuffer(raw or b"\0", dtype=np.uint8)[None]
-    return int(parse_labels(row, num_classes, lambda i: where)[0])
+    return int(parse_labels(row, num_classes, lambda i: name)[0])
