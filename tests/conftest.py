@@ -51,7 +51,8 @@ def pytest_collection_modifyitems(config, items):
 def synthetic(tmp_path_factory):
     """10 classes x 20 train (+ the 5 oddities), 5 val per class (flat + CSV), with archives."""
     out = tmp_path_factory.mktemp("syn") / "imagenet"
-    return make_synthetic_imagenet.make_dataset(out, oddities=True, archives=True, workers=2)
+    return make_synthetic_imagenet.make_dataset(out, make_synthetic_imagenet.DatasetSpec(oddities=True, archives=True),
+                                                workers=2)
 
 
 @pytest.fixture(scope="session")

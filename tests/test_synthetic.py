@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tools import make_synthetic_imagenet as msi
+from tools.synthetic_images import ImageSpec
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -29,19 +30,20 @@ def tree_hashes(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     """One dataset with every option on, shared by the read-only tests."""
-    return msi.make_dataset(tmp_path_factory.mktemp("a") / "out", seed=0, oddities=True,
-                            archives=True, workers=2, **SMALL)
+    return msi.make_dataset(tmp_path_factory.mktemp("a") / "out",
+                            msi.DatasetSpec(seed=0, oddities=True, archives=True, **SMALL), workers=2)
 
 
 def test_deterministic_and_oddities_do_not_change_normal_files(ds, tmp_path):
-    same = msi.make_dataset(tmp_path / "same", seed=0, oddities=True, archives=True, workers=1, **SMALL)
+    same = msi.make_dataset(tmp_path / "same", msi.DatasetSpec(seed=0, oddities=True, archives=True, **SMALL),
+                            workers=1)
     assert tree_hashes(same.root) == tree_hashes(ds.root)
-    plain = tree_hashes(msi.make_dataset(tmp_path / "plain", seed=0, workers=2, **SMALL).root)
+    plain = tree_hashes(msi.make_dataset(tmp_path / "plain", msi.DatasetSpec(seed=0, **SMALL), workers=2).root)
     full = tree_hashes(ds.root)
     extra = {rel for rel, _ in ds.oddities} | {t.relative_to(ds.root).as_posix() for t in ds.archives}
     assert set(full) - set(plain) == extra
     assert all(full[rel] == h for rel, h in plain.items())
-    other = tree_hashes(msi.make_dataset(tmp_path / "other", seed=1, workers=2, **SMALL).root)
+    other = tree_hashes(msi.make_dataset(tmp_path / "other", msi.DatasetSpec(seed=1, **SMALL), workers=2).root)
     images = [rel for rel in plain if rel.endswith(".JPEG")]
     assert sum(plain[rel] != other[rel] for rel in images) == len(images)
 
@@ -81,8 +83,8 @@ def test_val_csv_lists_every_val_image_once(ds):
 
 
 def test_val_folders_layout_matches_labels(tmp_path):
-    out = msi.make_dataset(tmp_path / "f", classes=3, train_per_class=1, val_per_class=2,
-                           val_layout="folders", workers=1)
+    out = msi.make_dataset(tmp_path / "f", msi.DatasetSpec(classes=3, train_per_class=1, val_per_class=2,
+                                                           val_layout="folders"), workers=1)
     for k, wnid in enumerate(out.val_wnids, start=1):
         assert (out.root / "val" / wnid / f"ILSVRC2012_val_{k:08d}.JPEG").is_file()
     assert len(list((out.root / "val").rglob("*.JPEG"))) == 6
@@ -157,8 +159,8 @@ def test_class_colour_statistics_differ(ds):
 
 
 def test_realistic_sizes_like_imagenet(tmp_path):
-    out = msi.make_dataset(tmp_path / "r", classes=4, train_per_class=3, val_per_class=0,
-                           realistic=True, workers=1)
+    out = msi.make_dataset(tmp_path / "r", msi.DatasetSpec(classes=4, train_per_class=3, val_per_class=0,
+                                                           images=ImageSpec(realistic=True)), workers=1)
     files = sorted((out.root / "train").rglob("*.JPEG"))
     assert len(files) == 12
     assert 80_000 <= np.mean([p.stat().st_size for p in files]) <= 140_000

@@ -13,6 +13,7 @@ import pytest
 from conftest import PYTHONPATH
 
 from tools import make_synthetic_imagenet, shard_imagenet
+from tools.synthetic_images import ImageSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_demo_recipe_learns(tmp_path):
     raw = make_synthetic_imagenet.make_dataset(  # the Makefile's demo data
-        tmp_path / "raw", classes=10, train_per_class=260, val_per_class=50, min_side=80, max_side=160,
+        tmp_path / "raw", make_synthetic_imagenet.DatasetSpec(
+            classes=10, train_per_class=260, val_per_class=50, images=ImageSpec(min_side=80, max_side=160)),
         workers=2)
     shards = tmp_path / "shards"
     assert shard_imagenet.main(["--src", str(raw.root), "--out", str(shards), "--samples-per-shard", "256"]) == 0
