@@ -14,7 +14,7 @@ from pipeline.base import Loader
 from pipeline.config import DataConfig, dali_threads
 from pipeline.loader import build_loader
 from pipeline.shards import load_split
-from train.backend import untimed_per_epoch
+from pipeline.throughput import untimed_per_epoch
 from train.provenance import provenance
 
 IMAGENET_CLASSES = 1000

@@ -8,7 +8,7 @@ Stages (benchmarks/stages.py): `read` (shard bytes only: samples/s and MB/s), `d
 each loader's training starts with: DALI's random-crop decode, the baseline's full PIL decode),
 `train` (the whole train augmentation, handed over as the trainer receives it). Median of repeats
 after warm-up; each repeat lies inside one epoch, after that epoch's first batches
-(train.backend.rate), and is 50 batches on a GPU by default. Each stage's `gpu_memory` holds
+(pipeline.throughput.rate), and is 50 batches on a GPU by default. Each stage's `gpu_memory` holds
 torch's peak while it ran and the driver's count of used device memory at its end
 (benchmarks.common.gpu_memory; None on the CPU).
 """
@@ -23,7 +23,7 @@ import torch
 from benchmarks.common import add_data_args, gpu_memory, num_classes, timed_loader, window_steps, write_json
 from benchmarks.stages import STAGE_BUILDERS, STAGES
 from benchmarks.timing import resolve_device
-from train.backend import rate
+from pipeline.throughput import rate
 
 
 def measure(loader_name: str, args, device: torch.device, classes: int) -> dict:

@@ -52,7 +52,7 @@ from benchmarks.timing import resolve_device  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.loader import build_loader  # noqa: E402
-from train.backend import sync  # noqa: E402
+from pipeline.throughput import sync  # noqa: E402
 from train.provenance import provenance  # noqa: E402
 
 

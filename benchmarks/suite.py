@@ -6,7 +6,7 @@
 Model only = training steps on one synthetic batch already on the device (the compute ceiling).
 Pipeline only = each loader alone (read, decode, full augmentation). End to end = real training
 steps fed by each loader. Warm-up (and compile) outside the timed region; median of repeats, each
-inside one epoch after that epoch's first batches (train.backend.rate; 50 batches on a GPU by
+inside one epoch after that epoch's first batches (pipeline.throughput.rate; 50 batches on a GPU by
 default); img/s is global (one process here). Each figure carries the GPU memory it used
 (benchmarks.common.gpu_memory). Then the verdict: input efficiency, the limiting stage, and MFU
 against the peak (the data sheet's on a known GPU) and against the measured matmul peak.
@@ -38,11 +38,12 @@ from benchmarks.verdict import mfu, verdict
 from model import ModelConfig, build_model, flops_per_image
 from pipeline.base import Loader
 from pipeline.loader import build_loader
+from pipeline.throughput import rate, sync
 from train.amp import DTYPES, Precision, resolve_amp
-from train.backend import compiled, configure_backends, rate, sync
+from train.backend import compiled, configure_backends
 from train.config import COMPILE_MODES, OptimConfig
 from train.distill import Distiller
-from train.engine import StepParts, train_step
+from train.engine import TrainParts, train_step
 from train.optim import build_optimizer
 from train.profile import Profiler
 from train.provenance import cpu_name
@@ -97,7 +98,7 @@ def peak_flops(device: torch.device, given_tflops: float | None) -> tuple[float,
     return None
 
 
-def step_parts(args, device: torch.device, num_classes: int) -> StepParts:
+def step_parts(args, device: torch.device, num_classes: int) -> TrainParts:
     """A model + optimizer ready for timed training steps (what the trainer builds, minus DDP)."""
     net = build_model(ModelConfig(name=args.model, num_classes=num_classes))
     net = net.to(device, memory_format=torch.channels_last)
@@ -107,12 +108,12 @@ def step_parts(args, device: torch.device, num_classes: int) -> StepParts:
     if args.teacher:  # a distillation step: the teacher's forward is part of every step (random weights: speed)
         teacher = build_model(ModelConfig(name=args.teacher, num_classes=num_classes))
         distiller = Distiller(teacher.to(device, memory_format=torch.channels_last), alpha=0.5, temperature=4.0)
-    return StepParts(model, build_optimizer(net, optim_cfg, 0.1, fused=device.type == "cuda"),
+    return TrainParts(model, build_optimizer(net, optim_cfg, 0.1, fused=device.type == "cuda"),
                      Precision(args.amp, device), nn.CrossEntropyLoss(label_smoothing=0.1), None, optim_cfg,
                      total_steps=10**9, warmup_steps=0, peak_lr=0.1, mix_seed=0, distiller=distiller)
 
 
-def train_rate(parts: StepParts, loader: Loader, epoch_batches: int | None, args, device: torch.device) -> dict:
+def train_rate(parts: TrainParts, loader: Loader, epoch_batches: int | None, args, device: torch.device) -> dict:
     """Timed training steps on `loader`'s batches (`epoch_batches` per epoch; None: no epochs to keep
     the windows inside): img/s median of repeats after warm-up, and the GPU memory they used."""
     step, off = [0], Profiler(False, "", device, 0)

@@ -1,4 +1,4 @@
-"""Endless batches for timing (train.backend.rate), and the device flag."""
+"""Endless batches for timing (pipeline.throughput.rate), and the device flag."""
 
 from __future__ import annotations
 

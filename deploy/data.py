@@ -17,8 +17,8 @@ import torch
 from deploy.io import DeployError, require
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
+from pipeline.pt_file import first_line
 from pipeline.shards import ShardError
-from train.checkpoint import first_line
 
 
 def onnx_input(path: str | Path) -> tuple[str, int, int]:

@@ -21,8 +21,8 @@ import torch
 
 from deploy.data import onnx_input, val_batches
 from deploy.io import DeployError, at_least_one, atomic_output, existing, require
-from train.backend import rate
-from train.checkpoint import first_line
+from pipeline.pt_file import first_line
+from pipeline.throughput import rate
 from train.provenance import provenance
 
 WARMUP, REPEATS, TIMED_BATCHES = 2, 5, 4

@@ -14,6 +14,7 @@ from torch import nn
 
 from deploy.io import DeployError
 from model import build_model
+from pipeline.pt_file import CheckpointError, first_line, safe_load
 from train import checkpoint as ckpt
 from train.config import Config, ConfigError, from_dict
 
@@ -25,8 +26,8 @@ def load_model_file(path: str | Path) -> dict:
     """A trainer checkpoint or a pruned file, loaded to the CPU with weights_only=True.
     DeployError naming the file when it is missing, unreadable, pickles code, or is neither."""
     try:
-        state = ckpt.safe_load(path)
-    except ckpt.CheckpointError as e:
+        state = safe_load(path)
+    except CheckpointError as e:
         raise DeployError(str(e)) from None
     if not isinstance(state, dict):
         raise DeployError(f"{path}: not a firehose checkpoint or pruned model")
@@ -57,5 +58,5 @@ def build_from_file(state: dict, path: str | Path, weights: str | None = None) -
         net.load_state_dict(state[which])
     except RuntimeError as e:
         raise DeployError(f"{path}: {which} weights do not fit {cfg.model.name} "
-                          f"({ckpt.first_line(e)})") from None
+                          f"({first_line(e)})") from None
     return net.eval(), cfg, which

@@ -23,7 +23,7 @@ import numpy as np
 
 from deploy.data import onnx_input, val_batches
 from deploy.io import DeployError, at_least_one, atomic_output, existing, require
-from train.amp import cpu_flags
+from pipeline.cpu import cpu_flags
 
 TARGETS = ("cpu", "tensorrt")
 

@@ -21,7 +21,7 @@ import torch
 
 from deploy.data import onnx_input
 from deploy.io import DeployError, at_least_one, atomic_output, require
-from train.backend import rate
+from pipeline.throughput import rate
 
 PRECISIONS = ("fp16", "int8")
 WORKSPACE_BYTES = 4 << 30

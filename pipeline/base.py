@@ -72,17 +72,24 @@ def pieces_in_range(files: list[str], lengths: list[int], start: int, end: int) 
 
 
 class Loader:
-    """Base of every loader: sample bookkeeping, epoch lengths and the image size per epoch."""
+    """Base of every loader: sample bookkeeping, epoch lengths and the image size per epoch.
+
+    `size_at(epoch)` is the crop side (px) of each epoch (progressive resizing); None = the
+    config's image size (val_image_size for validation) throughout. `epochs` is how many epochs
+    the run will read, or None when unknown. Both are known from the start so that a loader can
+    prepare the next epoch ahead, at its size, and nothing past the last one.
+    """
 
     def __init__(self, cfg: DataConfig, split: SplitInfo, rank: int, world: int, device: torch.device,
-                 train: bool, num_classes: int, local_world: int = 1):
+                 train: bool, num_classes: int, local_world: int = 1, *,
+                 size_at: Callable[[int], int] | None = None, epochs: int | None = None):
         self.cfg, self.split, self.rank, self.world = cfg, split, rank, world
         self.threads = dali_threads(cfg, local_world)  # CPU threads of this rank's pipeline
         self.device, self.train, self.num_classes = torch.device(device), train, num_classes
         self.batch_size = cfg.batch_size
         size = cfg.image_size if train else cfg.val_image_size
-        self.size_at: Callable[[int], int] = lambda epoch: size
-        self.epochs: int | None = None  # epochs the run will read, when known (nothing is prepared past them)
+        self.size_at: Callable[[int], int] = size_at or (lambda epoch: size)
+        self.epochs = epochs
         n = split.num_samples
         if world > n:
             raise ValueError(f"{split.name}: {world} ranks but only {n} samples")
@@ -98,11 +105,6 @@ class Loader:
 
     def __len__(self) -> int:
         return self.batches
-
-    def set_image_size(self, size_at: int | Callable[[int], int]) -> None:
-        """The crop side (px) for every epoch, or a function epoch -> px (progressive resizing).
-        Knowing the next epoch's size lets a loader prepare that epoch ahead."""
-        self.size_at = size_at if callable(size_at) else (lambda epoch, px=int(size_at): px)
 
     def epoch_files(self, epoch: int) -> tuple[list[str], list[int]]:
         """Every shard of the split in this epoch's reading order, with its sample count."""

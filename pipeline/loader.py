@@ -1,6 +1,6 @@
 """The builder the trainer, the benchmarks and deploy call; the one place that names the backends.
 
-    loader = build_loader(data_cfg, "train", rank, world, device, num_classes)
+    loader = build_loader(data_cfg, "train", rank, world, device, num_classes, epochs=90)
     for images, labels in loader.epoch(epoch): ...
 
 The interface every backend shares is pipeline/base.py's Loader.
@@ -9,6 +9,7 @@ The interface every backend shares is pipeline/base.py's Loader.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import torch
 
@@ -28,22 +29,28 @@ def backend(name: str) -> type[Loader]:
 
 
 def build_loader(cfg: DataConfig, split: str, rank: int, world: int, device: torch.device,
-                 num_classes: int | None = None, local_world: int = 1) -> Loader:
+                 num_classes: int | None = None, local_world: int = 1, *,
+                 size_at: Callable[[int], int] | None = None, epochs: int | None = None) -> Loader:
     """The loader `cfg.loader` for `split` ("train" or "val") on `device`, for rank of world
     (`local_world` ranks on this node share its cores).
 
-    `num_classes` defaults to the manifest's class list. Raises ShardError (a shard that fails the
-    pre-flight), FileNotFoundError (no data folder) or ValueError naming the key (a config that
-    does not fit the data), before any batch is read.
+    `num_classes` defaults to the manifest's class list. `size_at(epoch)`: the crop side (px) of
+    each epoch; None = the config's image size throughout. `epochs`: how many epochs the run
+    reads; None = unknown (a loader may then prepare an epoch that is never read).
+
+    Raises ShardError (a shard that fails the pre-flight), FileNotFoundError (no data folder) or
+    ValueError naming the key (a config that does not fit the data), before any batch is read.
     """
     cfg.validate()
     if cfg.loader == "synthetic":
         info = SplitInfo(split, (), (max(cfg.batch_size * world * 8, world),), ())
-        return backend("synthetic")(cfg, info, rank, world, device, split == "train", num_classes or 1000, local_world)
+        return backend("synthetic")(cfg, info, rank, world, device, split == "train", num_classes or 1000, local_world,
+                                    size_at=size_at, epochs=epochs)
     info = load_split(cfg.path, split)
     num_classes = num_classes or len(info.classes)
     if not num_classes:
         raise ValueError(f"{cfg.path}: no class list in _info.json; give the number of classes "
                          "(model.num_classes, or --num-classes for the benchmarks)")
     preflight(info)  # a bad index or a truncated shard: fail now, naming it, not mid-epoch
-    return backend(cfg.loader)(cfg, info, rank, world, device, split == "train", num_classes, local_world)
+    return backend(cfg.loader)(cfg, info, rank, world, device, split == "train", num_classes, local_world,
+                               size_at=size_at, epochs=epochs)

@@ -12,7 +12,7 @@ import torch
 from benchmarks import pipeline_bench, shard_bench, suite
 from benchmarks.timing import endless
 from benchmarks.verdict import CONTENTION, mfu, verdict
-from train import backend
+from pipeline import throughput
 from train.summary import loop_verdict, wait_histogram
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,8 +73,8 @@ class ShortEpochs:
 @pytest.mark.parametrize(("batches", "warmup", "steps", "repeats"), [(7, 2, 3, 5), (4, 0, 3, 3), (30, 3, 10, 3)])
 def test_timed_windows_never_hold_an_epoch_start(monkeypatch, batches, warmup, steps, repeats):
     fake = ShortEpochs(batches, batch_size=8)
-    monkeypatch.setattr(backend, "time", SimpleNamespace(perf_counter=fake.clock))
-    r = backend.rate(endless(fake.epoch), len, torch.device("cpu"), warmup, steps, repeats, epoch_batches=batches)
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=fake.clock))
+    r = throughput.rate(endless(fake.epoch), len, torch.device("cpu"), warmup, steps, repeats, epoch_batches=batches)
     clocks = [i for i, event in enumerate(fake.log) if event == ("clock",)]
     windows = [fake.log[a + 1:b] for a, b in zip(clocks[::2], clocks[1::2])]
     assert len(windows) == repeats
@@ -87,10 +87,10 @@ def test_timed_windows_never_hold_an_epoch_start(monkeypatch, batches, warmup, s
 def test_rate_without_epochs_times_back_to_back_and_refuses_short_epochs():
     pulled = []
     batches = iter(lambda: pulled.append(1) or [0, 0], None)  # endless, no epochs
-    r = backend.rate(batches, len, torch.device("cpu"), warmup=2, steps=3, repeats=4)
+    r = throughput.rate(batches, len, torch.device("cpu"), warmup=2, steps=3, repeats=4)
     assert len(pulled) == 2 + 3 * 4 and len(r["repeats"]) == 4
     with pytest.raises(ValueError, match="epoch of 4 batches"):  # one untimed + 4 timed > 4
-        backend.rate(endless(ShortEpochs(4, 8).epoch), len, torch.device("cpu"), 0, 4, 1, epoch_batches=4)
+        throughput.rate(endless(ShortEpochs(4, 8).epoch), len, torch.device("cpu"), 0, 4, 1, epoch_batches=4)
 
 
 def test_pipeline_bench_writes_every_field(shards, tmp_path):

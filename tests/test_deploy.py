@@ -123,9 +123,9 @@ def test_prune_halves_flops_and_rebuilds_from_data(best, pruned):
     assert sum(p.numel() for p in net.parameters()) < 0.7 * sum(p.numel() for p in full.parameters())
     assert net.fc.out_features == 10
     # The trainer's view of the file: its widths, the run's own head; another network is refused.
-    assert stored_model_config(path, ModelConfig(name="resnet18", num_classes=5)).widths == cfg.model.widths
+    assert stored_model_config(state, ModelConfig(name="resnet18", num_classes=5), path).widths == cfg.model.widths
     with pytest.raises(ValueError, match="holds a resnet18, but model.name is resnet34"):
-        stored_model_config(path, ModelConfig(name="resnet34"))
+        stored_model_config(state, ModelConfig(name="resnet34"), path)
 
 
 def test_finetune_and_export_a_pruned_model(shards, pruned, tmp_path, capsys):

@@ -13,7 +13,7 @@ from train.amp import Precision
 from train.checkpoint import CheckpointError
 from train.config import DistillConfig, OptimConfig
 from train.distill import Distiller, load_teacher
-from train.engine import StepParts, train_step
+from train.engine import TrainParts, train_step
 from train.optim import build_optimizer
 from train.profile import Profiler
 
@@ -42,7 +42,7 @@ def test_teacher_is_frozen_and_sees_the_mixed_batch():
     student.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach().clone()))
     optim_cfg = OptimConfig(mixup_alpha=0.4)
     d = Distiller(teacher, alpha=0.5, temperature=2.0)
-    parts = StepParts(student, build_optimizer(student, optim_cfg, 0.1), Precision("off", torch.device("cpu")),
+    parts = TrainParts(student, build_optimizer(student, optim_cfg, 0.1), Precision("off", torch.device("cpu")),
                       torch.nn.CrossEntropyLoss(), None, optim_cfg, 10, 0, 0.1, mix_seed=0, distiller=d)
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     before = student.fc.weight.clone()

@@ -33,13 +33,12 @@ def assert_same_batches(a: list, b: list) -> None:
 
 
 def test_dali_epoch_built_ahead_yields_what_a_fresh_build_does(shards):
-    loader = build_loader(cfg(shards), "train", 0, 1, CPU)
-    loader.set_image_size(lambda epoch: 32 if epoch == 0 else 40)  # a resize boundary between them
+    loader = build_loader(cfg(shards), "train", 0, 1, CPU,
+                          size_at=lambda epoch: 32 if epoch == 0 else 40)  # a resize boundary between them
     first = epoch_batches(loader, 0)
     assert loader._ahead is not None and loader._ahead[:2] == (1, 40)  # epoch 1 was started during epoch 0
     ahead = epoch_batches(loader, 1)
-    fresh = build_loader(cfg(shards), "train", 0, 1, CPU)
-    fresh.set_image_size(40)
+    fresh = build_loader(cfg(shards), "train", 0, 1, CPU, size_at=lambda epoch: 40)
     assert_same_batches(ahead, epoch_batches(fresh, 1))
     assert ahead[0][0].shape[-1] == 40 and first[0][0].shape[-1] == 32
     assert not torch.equal(first[0][1], ahead[0][1])  # another epoch, another order

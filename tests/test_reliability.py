@@ -392,7 +392,7 @@ def test_bad_data_config_one_line_before_any_work(shards, tmp_path, extra, needl
 
 
 def test_more_ranks_than_samples_is_a_config_error(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "set_determinism", lambda cfg: None)  # keep this process's RNGs
+    monkeypatch.setattr(trainer_mod, "set_determinism", lambda cfg, rank: None)  # keep this process's RNGs
     cfg = load_config(None, [f"data.path={shards}", "data.batch_size=1", "model.name=resnet18",
                              "model.num_classes=10", f"run_dir={tmp_path / 'run'}"])
     n = load_split(shards, "train").num_samples

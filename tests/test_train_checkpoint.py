@@ -74,7 +74,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 def test_a_best_record_from_before_selected_weights_still_loads():
     """Older checkpoints saved best as [top1, top5, epoch]; a resume reads it as the model's."""
-    from train.trainer import Progress, saved_best
+    from train.checkpoint import Progress, saved_best
 
     assert saved_best([71.5, 90.25, 3]) == {"top1": 71.5, "top5": 90.25, "epoch": 3, "weights": "model"}
     assert saved_best(None) == Progress().best

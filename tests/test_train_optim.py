@@ -8,7 +8,7 @@ import torch
 from model import ModelConfig, build_model, freeze_stages
 from train.amp import Precision
 from train.config import OptimConfig
-from train.engine import StepParts, train_step
+from train.engine import TrainParts, train_step
 from train.optim import EMA, build_optimizer, lr_at, mix_batch, peak_lr
 from train.profile import Profiler
 
@@ -65,7 +65,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(amp):
     model = build_model(ModelConfig(name="resnet18", num_classes=10)).to(memory_format=torch.channels_last)
     optim_cfg = OptimConfig()
     ema = EMA(model, decay=0.5)
-    parts = StepParts(model, build_optimizer(model, optim_cfg, lr=0.05), Precision(amp, torch.device("cpu")),
+    parts = TrainParts(model, build_optimizer(model, optim_cfg, lr=0.05), Precision(amp, torch.device("cpu")),
                       torch.nn.CrossEntropyLoss(label_smoothing=0.1), ema, optim_cfg, total_steps=100,
                       warmup_steps=2, peak_lr=0.05, mix_seed=0)
     off = Profiler(False, "", torch.device("cpu"), 0)
@@ -119,6 +119,7 @@ def test_mixup_and_cutmix_are_reproducible():
 @pytest.mark.parametrize("flags, expect", [("fpu avx2 avx512f", "off"), ("fpu avx512f avx512_bf16", "bf16"),
                                            ("fpu amx_bf16 amx_tile", "bf16")])
 def test_amp_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path, flags, expect):
+    from pipeline import cpu
     from train import amp
 
     info = tmp_path / "cpuinfo"
@@ -128,7 +129,7 @@ def test_amp_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path, fl
     def fake_open(path, *args, **kwargs):
         return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
 
-    monkeypatch.setattr(amp, "open", fake_open, raising=False)
+    monkeypatch.setattr(cpu, "open", fake_open, raising=False)
     assert amp.resolve_amp("auto", torch.device("cpu")) == expect
     assert Precision("auto", torch.device("cpu")).amp == expect
     assert amp.resolve_amp("fp16", torch.device("cpu")) == "fp16"  # explicit modes are kept

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from pipeline.cpu import cpu_flags
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic
 
@@ -16,15 +18,6 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":  # not emulated: pre-Ampere GPUs "support" bf16 through fp32 kernels
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
-
-
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
-    except OSError:
-        return set()
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

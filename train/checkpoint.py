@@ -1,4 +1,5 @@
-"""Atomic checkpoints that load with `torch.load(weights_only=True)` only.
+"""Checkpoints: what one holds (`Progress`, `checkpoint_state`, `restore`), and atomic files that
+load with `torch.load(weights_only=True)` only (pipeline/pt_file.py).
 
 A checkpoint is a dict of tensors and plain Python values (the config as a dict, RNG states as
 tensors and lists), so the restricted unpickler can read it and a file that would run code on
@@ -14,22 +15,25 @@ import os
 import random
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.atomic import atomic_file, fsync_dir, stale_temps, temp_path
+from pipeline.pt_file import CheckpointError, safe_load
+from train import distributed
+from train.amp import Precision
+from train.config import Config, to_dict
+from train.distributed import DistInfo
+from train.optim import EMA
 
 FORMAT = 1
 NAME = re.compile(r"^ckpt-e(\d{4,})-s(\d{8,})\.pt$")
 BEST = "best.pt"
 REQUIRED = ("format", "model", "optimizer", "epoch", "step_in_epoch", "global_step", "config", "rng")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (unreadable, partial, not weights-only, incomplete) or
-    cannot be written (disk full, read-only folder). The message names the file."""
 
 
 def checkpoint_name(epoch: int, global_step: int) -> str:
@@ -59,6 +63,67 @@ def set_rng_state(state: dict, device: torch.device, cuda_state: torch.Tensor | 
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint, restored on resume."""
+
+    epoch: int = 0  # epochs completed: the epoch to run next
+    step_in_epoch: int = 0  # steps of `epoch` already run (after a mid-epoch stop)
+    global_step: int = 0  # optimizer steps so far: drives the lr schedule
+    # best.pt: its top-1/top-5 (%), epoch, and which weights scored them ("model" or "ema")
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": -1.0, "epoch": -1, "weights": "model"})
+    history: list[dict] = field(default_factory=list)  # one record per epoch run
+
+
+def checkpoint_state(progress: Progress, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
+                     ema: EMA | None, cfg: Config, selected: str, info: DistInfo, position: bytes | None) -> dict:
+    """Everything a resume needs, as tensors and plain values (loads with weights_only=True).
+    `selected_weights` names the weights this checkpoint's evaluation found better ("model" or
+    "ema"): what deploy exports. Collective: every rank's own GPU RNG state and, mid-epoch, its
+    loader position are gathered."""
+    rng = rng_state(info.device)
+    if rng["cuda"] is not None:
+        rng["cuda"] = [s.cpu() for s in distributed.all_gather(rng["cuda"].to(info.device), info)]
+    positions = distributed.all_gather_object(position, info) if progress.step_in_epoch else None
+    return {
+        "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None, "selected_weights": selected,
+        "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch, "global_step": progress.global_step,
+        "best": progress.best, "history": progress.history, "config": to_dict(cfg), "rng": rng,
+        "loader_positions": positions,
+    }
+
+
+def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision, ema: EMA | None,
+            info: DistInfo) -> Progress:
+    """Load a checkpoint's optimizer, scaler, EMA and RNG states (the model is loaded before it
+    moves to its device); return its Progress."""
+    optimizer.load_state_dict(state["optimizer"])
+    if precision.scaler is not None and state.get("scaler"):
+        precision.scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    cuda = state["rng"].get("cuda")
+    set_rng_state(state["rng"], info.device, cuda[info.rank] if cuda and len(cuda) == info.world else None)
+    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
+                    saved_best(state.get("best")), list(state.get("history", [])))
+
+
+def saved_best(best) -> dict:
+    """A checkpoint's best record; checkpoints before `selected_weights` saved [top1, top5, epoch]."""
+    if isinstance(best, list | tuple):
+        return {**Progress().best, **dict(zip(("top1", "top5", "epoch"), best))}
+    return dict(best or Progress().best)
+
+
+def loader_position(state: dict, info: DistInfo) -> bytes | None:
+    """This rank's saved loader position in a mid-epoch checkpoint, or None (an end-of-epoch
+    checkpoint, or one written by another number of ranks: the loader then skips batches)."""
+    positions = state.get("loader_positions")
+    return positions[info.rank] if positions and len(positions) == info.world else None
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -101,23 +166,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(NAME.match(p.name), p) for p in run_dir.iterdir()]
     return [p for _, p in sorted(((int(m[1]), int(m[2])), p) for m, p in found if m)]
-
-
-def first_line(e: Exception) -> str:
-    """The first line of an error (torch.load's weights_only errors run to a dozen), <= 200 chars."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def safe_load(path: str | Path, what: str = "file") -> object:
-    """torch.load to the CPU with weights_only=True: the one way this project reads a .pt file.
-    CheckpointError naming the file when it is missing, unreadable, or a pickle that asks to
-    import or call anything (it is never run)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such {what}") from None
-    except Exception as e:  # a truncated zip, a bad pickle, a forbidden global...
-        raise CheckpointError(f"{path}: unreadable or not weights-only ({first_line(e)})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import ModelConfig, build_model, load_torchvision_state_dict
-from train.checkpoint import CheckpointError, first_line, safe_load
+from pipeline.pt_file import CheckpointError, first_line, safe_load
 from train.config import DistillConfig
 
 

@@ -20,8 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.base import Loader
+from pipeline.throughput import sync
 from train.amp import Precision
-from train.backend import sync
 from train.distill import Distiller
 from train.distributed import DistInfo, all_reduce_sum
 from train.metrics_log import MetricsLog, peak_memory_mb
@@ -52,9 +52,10 @@ class StopFlag:
 
 
 @dataclass
-class StepParts:
-    """What one training step needs. `model` is what runs forward/backward (DDP and/or
-    torch.compile wrapped); the optimizer holds the plain module's parameters."""
+class TrainParts:
+    """Everything a training step uses besides the batch: the model, its optimizer, precision,
+    loss, EMA, lr schedule, batch mixing and teacher. `model` is what runs forward/backward (DDP
+    and/or torch.compile wrapped); the optimizer holds the plain module's parameters."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -82,7 +83,7 @@ class EpochResult:
     position: bytes | None = None  # the loader's position when stopped mid-epoch (for the checkpoint)
 
 
-def train_step(parts: StepParts, images: torch.Tensor, labels: torch.Tensor, global_step: int,
+def train_step(parts: TrainParts, images: torch.Tensor, labels: torch.Tensor, global_step: int,
                prof: Profiler) -> tuple[torch.Tensor, float]:
     """One optimizer step on one batch; returns (loss as a detached fp32 device scalar, lr).
     It only launches work: nothing here reads a device value, so the host never waits."""
@@ -177,7 +178,7 @@ class StepMeter:
                            train_s=t_end - self.t_epoch, wait_hist=self.hist)
 
 
-def train_epoch(parts: StepParts, loader: Loader, epoch: int, start_step: int, global_step: int,
+def train_epoch(parts: TrainParts, loader: Loader, epoch: int, start_step: int, global_step: int,
                 log_every: int, info: DistInfo, log: MetricsLog, stop: StopFlag, profiler: Profiler,
                 fault: Callable[[int, int], None] | None = None, position: bytes | None = None) -> EpochResult:
     """Run steps start_step..len(loader)-1 of `epoch` (after a mid-epoch resume the loader skips

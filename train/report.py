@@ -1,4 +1,5 @@
-"""The trainer's printed lines: one per log interval, one per evaluation, and the run summary."""
+"""The trainer's printed lines: one per log interval, one per epoch, one per evaluation, and the
+run summary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ def format_step(epoch: int, step: int, steps: int, m: dict) -> str:
     return (f"epoch {epoch} step {step}/{steps} lr {m['lr']:.4g} loss {m['loss']:.4f} "
             f"{m['img_per_s']:.0f} img/s (global) data {m['data_ms']:.1f} ms + compute "
             f"{m['compute_ms']:.1f} ms per step, peak mem {m['peak_mem_mb']:.0f} MiB")
+
+
+def format_epoch(record: dict) -> str:
+    """One epoch's training figures (the trainer's epoch record): wall time, loss, global img/s and
+    the share of the time spent waiting for data."""
+    return (f"epoch {record['epoch']} trained in {record['train_s']:.1f} s: loss {record['loss']:.4f}, "
+            f"{record['img_per_s']:.0f} img/s global, {100 * record['data_wait_fraction']:.1f}% of the time "
+            "waiting for data")
 
 
 def format_eval(epoch: int, m: dict, weights: str) -> str:

@@ -14,7 +14,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +23,25 @@ from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
 from pipeline.atomic import atomic_write
-from pipeline.base import PipelineError
+from pipeline.base import Loader, PipelineError
 from pipeline.loader import build_loader
+from pipeline.pt_file import CheckpointError, safe_load
 from pipeline.shards import ShardError
 from train import checkpoint as ckpt
 from train import distributed, fault
 from train.amp import Precision
 from train.backend import compiled, configure_backends
-from train.config import Config, ConfigError, load_config, to_dict, to_yaml
+from train.checkpoint import Progress
+from train.config import Config, ConfigError, TrainConfig, load_config, to_dict, to_yaml
 from train.distill import Distiller, load_teacher
 from train.distributed import DistInfo
-from train.engine import StepParts, StopFlag, train_epoch
+from train.engine import EpochResult, StopFlag, TrainParts, train_epoch
 from train.evaluate import evaluate
 from train.metrics_log import MetricsLog
 from train.optim import EMA, build_optimizer, peak_lr
 from train.profile import Profiler
 from train.provenance import provenance
-from train.report import format_eval, format_summary
+from train.report import format_epoch, format_eval, format_summary
 from train.summary import summarize, write_summary
 
 
@@ -69,6 +71,17 @@ def cuda_seed(seed: int, rank: int) -> int:
     return random.Random(f"cuda/{seed}/{rank}").getrandbits(63)
 
 
+def epochs_to_run(train_cfg: TrainConfig) -> int:
+    """Epochs this run trains to: train.epochs, or stop_after_epoch if sooner (the schedule is
+    still train.epochs long)."""
+    return min(train_cfg.epochs, train_cfg.stop_after_epoch or train_cfg.epochs)
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    """The memory format the model and teacher live in (train.channels_last)."""
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
 def find_start(cfg: Config, info: DistInfo) -> tuple[str, dict] | None:
     """The checkpoint to resume from as (path, state), or None. Rank 0 picks the file (so all
     ranks agree even if a file changes meanwhile); every rank then loads it."""
@@ -87,72 +100,32 @@ def find_start(cfg: Config, info: DistInfo) -> tuple[str, dict] | None:
     return (path, ckpt.load_checkpoint(path)) if path else None
 
 
-def load_weights(net: nn.Module, path: str) -> list[str]:
-    """Fine-tuning start: a torchvision-format state dict (or a firehose checkpoint's "model")."""
-    state = ckpt.safe_load(path, "weights file (train.finetune.weights)")
-    state = state.get("model", state) if isinstance(state, dict) else state
+def finetune_source(cfg: Config) -> tuple[Config, object | None]:
+    """The fine-tuning weights file (train.finetune.weights), read once, and `cfg` with the
+    architecture it stores (a pruned file from deploy.prune carries its conv widths); (cfg, None)
+    when not fine-tuning. CheckpointError naming the file when it cannot be used."""
+    path = cfg.train.finetune.weights
+    if not path:
+        return cfg, None
+    weights = safe_load(path, "weights file (train.finetune.weights)")
+    try:
+        return dataclasses.replace(cfg, model=stored_model_config(weights, cfg.model, path)), weights
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_weights(net: nn.Module, weights: object, path: str) -> list[str]:
+    """Fine-tuning start: a torchvision-format state dict (or a firehose checkpoint's "model"),
+    read from `path`; returns the parameters left fresh (the new head)."""
+    state = weights.get("model", weights) if isinstance(weights, dict) else weights
     try:
         return load_torchvision_state_dict(net, state)
     except (KeyError, RuntimeError) as e:
-        raise ckpt.CheckpointError(f"{path}: weights do not fit {type(net).__name__}: {e}") from None
+        raise CheckpointError(f"{path}: weights do not fit {type(net).__name__}: {e}") from None
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint, restored on resume."""
-
-    epoch: int = 0  # epochs completed: the epoch to run next
-    step_in_epoch: int = 0  # steps of `epoch` already run (after a mid-epoch stop)
-    global_step: int = 0  # optimizer steps so far: drives the lr schedule
-    # best.pt: its top-1/top-5 (%), epoch, and which weights scored them ("model" or "ema")
-    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": -1.0, "epoch": -1, "weights": "model"})
-    history: list[dict] = field(default_factory=list)  # one record per epoch run
-
-
-def checkpoint_state(progress: Progress, net: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
-                     ema: EMA | None, cfg: Config, selected: str, info: DistInfo, position: bytes | None) -> dict:
-    """Everything a resume needs, as tensors and plain values (loads with weights_only=True).
-    `selected_weights` names the weights this checkpoint's evaluation found better ("model" or
-    "ema"): what deploy exports. Collective: every rank's own GPU RNG state and, mid-epoch, its
-    loader position are gathered."""
-    rng = ckpt.rng_state(info.device)
-    if rng["cuda"] is not None:
-        rng["cuda"] = [s.cpu() for s in distributed.all_gather(rng["cuda"].to(info.device), info)]
-    positions = distributed.all_gather_object(position, info) if progress.step_in_epoch else None
-    return {
-        "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None, "selected_weights": selected,
-        "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch, "global_step": progress.global_step,
-        "best": progress.best, "history": progress.history, "config": to_dict(cfg), "rng": rng,
-        "loader_positions": positions,
-    }
-
-
-def restore(state: dict, optimizer: torch.optim.Optimizer, precision: Precision, ema: EMA | None,
-            info: DistInfo) -> Progress:
-    """Load a checkpoint's optimizer, scaler, EMA and RNG states (the model is loaded before it
-    moves to its device); return its Progress."""
-    optimizer.load_state_dict(state["optimizer"])
-    if precision.scaler is not None and state.get("scaler"):
-        precision.scaler.load_state_dict(state["scaler"])
-    if ema is not None and state.get("ema"):
-        ema.load_state_dict(state["ema"])
-    cuda = state["rng"].get("cuda")
-    ckpt.set_rng_state(state["rng"], info.device, cuda[info.rank] if cuda and len(cuda) == info.world else None)
-    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
-                    saved_best(state.get("best")), list(state.get("history", [])))
-
-
-def saved_best(best) -> dict:
-    """A checkpoint's best record; checkpoints before `selected_weights` saved [top1, top5, epoch]."""
-    if isinstance(best, list | tuple):
-        return {**Progress().best, **dict(zip(("top1", "top5", "epoch"), best))}
-    return dict(best or Progress().best)
-
-
-def evaluate_all(net: nn.Module, ema: EMA | None, val_loader, epoch: int, precision: Precision, info: DistInfo,
-                 log: MetricsLog) -> dict:
+def evaluate_all(net: nn.Module, ema: EMA | None, val_loader: Loader, epoch: int, precision: Precision,
+                 info: DistInfo, log: MetricsLog) -> dict:
     """Exact validation of the model and of its EMA (one validation pipeline, reused): the epoch
     record's eval fields. "selected" names the better of the two, whose top-1/5 best.pt is chosen by."""
     t0 = time.perf_counter()
@@ -170,11 +143,13 @@ def evaluate_all(net: nn.Module, ema: EMA | None, val_loader, epoch: int, precis
     return out
 
 
-def build_loaders(cfg: Config, info: DistInfo):
-    """(train, val) loaders; a batch or rank count that does not fit the shards is a ConfigError."""
+def build_loaders(cfg: Config, info: DistInfo) -> tuple[Loader, Loader]:
+    """(train, val) loaders, the train one with its size schedule (train.resize) and the epochs
+    it will read; a batch or rank count that does not fit the shards is a ConfigError."""
     args = (info.rank, info.world, info.device, cfg.model.num_classes, info.local_world)
     try:
-        train = build_loader(cfg.data, "train", *args)
+        train = build_loader(cfg.data, "train", *args, epochs=epochs_to_run(cfg.train),
+                             size_at=lambda epoch: image_size_at(epoch, cfg.train.resize, cfg.data.image_size))
         val = build_loader(cfg.data, "val", *args)
     except ShardError:
         raise
@@ -184,56 +159,93 @@ def build_loaders(cfg: Config, info: DistInfo):
     if classes and len(classes) != cfg.model.num_classes:
         raise ConfigError(f"config: 'model.num_classes' is {cfg.model.num_classes} but {cfg.data.path} "
                           f"has {len(classes)}")
-    train.set_image_size(lambda epoch: image_size_at(epoch, cfg.train.resize, cfg.data.image_size))
-    train.epochs = min(cfg.train.epochs, cfg.train.stop_after_epoch or cfg.train.epochs)
     return train, val
 
 
-def build_net(cfg: Config, start: tuple[str, dict] | None, log: MetricsLog) -> nn.Module:
-    """The model with its starting weights (a checkpoint's, fine-tuning weights', or fresh)."""
+def build_teacher(cfg: Config) -> nn.Module | None:
+    """The distillation teacher on the CPU, or None (distill.teacher empty)."""
+    if not cfg.distill.teacher:
+        return None
+    with torch.random.fork_rng(devices=[]):  # its throwaway init must not move the student's
+        return load_teacher(cfg.distill, cfg.model.num_classes, cfg.model.in_channels)
+
+
+def build_distiller(teacher: nn.Module | None, cfg: Config, device: torch.device, log: MetricsLog) -> Distiller | None:
+    """The teacher on `device`, compiled like the student, in a Distiller; None without one."""
+    if teacher is None:
+        return None
+    gflop = flops_per_image(teacher, cfg.data.image_size).flops / 1e9
+    teacher.to(device, memory_format=memory_format(cfg))
+    log.line(f"distilling from {cfg.distill.teacher} ({cfg.distill.teacher_model}, {gflop:.2f} GFLOP/img "
+             f"forward, counted in img/s): alpha {cfg.distill.alpha}, temperature {cfg.distill.temperature}")
+    distiller = Distiller(teacher, cfg.distill.alpha, cfg.distill.temperature)
+    distiller.teacher = compiled(distiller.teacher, cfg.train.compile)  # one static graph per image size
+    return distiller
+
+
+def start_log(cfg: Config, info: DistInfo) -> tuple[MetricsLog, str]:
+    """The run folder with its config.yaml (rank 0), and the log opened with the run's provenance
+    and resolved config; returns (log, the device's name)."""
+    run_dir = Path(cfg.run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
+    log = MetricsLog(run_dir, info.is_main)
+    prov = provenance(info.device, info.world)
+    log.line("provenance: " + " ".join(f"{k}={v}" for k, v in prov.items()))
+    log.line("config:\n" + to_yaml(cfg).rstrip())
+    log.record("provenance", 0, {**prov, "config": to_dict(cfg)})
+    return log, prov["device"]
+
+
+def build_net(cfg: Config, start: tuple[str, dict] | None, weights: object | None, log: MetricsLog) -> nn.Module:
+    """The model with its starting weights (a checkpoint's, the fine-tuning `weights`, or fresh)."""
     net = build_model(cfg.model)
     finetune = cfg.train.finetune
-    if finetune.weights and start is None:
-        skipped = load_weights(net, finetune.weights)
+    if weights is not None and start is None:
+        skipped = load_weights(net, weights, finetune.weights)
         log.line(f"fine-tuning from {finetune.weights}; fresh head: {skipped or 'none'}")
     if start is not None:
         try:
             net.load_state_dict(start[1]["model"])
         except RuntimeError as e:
-            raise ckpt.CheckpointError(f"{start[0]}: does not fit {cfg.model.name} ({str(e).splitlines()[0]}); "
-                                       "set checkpoint.resume=none or another run_dir") from None
+            raise CheckpointError(f"{start[0]}: does not fit {cfg.model.name} ({str(e).splitlines()[0]}); "
+                                  "set checkpoint.resume=none or another run_dir") from None
     freeze_stages(net, finetune.freeze_stages)  # before the optimizer: frozen params are left out
     return net
 
 
-def run(cfg: Config, info: DistInfo) -> int:
-    t_start = time.perf_counter()
-    if cfg.train.finetune.weights:  # a pruned file (deploy.prune) carries its conv widths: build that net
-        try:
-            cfg = dataclasses.replace(cfg, model=stored_model_config(cfg.train.finetune.weights, cfg.model))
-        except ValueError as e:
-            raise ckpt.CheckpointError(str(e)) from None
+@dataclass
+class Run:
+    """A training run, built (build_run): what fit trains and finish summarizes."""
+
+    cfg: Config  # resolved, with a fine-tuning file's stored architecture
+    info: DistInfo
+    log: MetricsLog
+    device_name: str
+    train_loader: Loader
+    val_loader: Loader
+    net: nn.Module  # the plain module: evaluated and checkpointed (parts.model wraps it)
+    parts: TrainParts
+    progress: Progress  # restored on resume
+    position: bytes | None  # this rank's loader position in a mid-epoch checkpoint
+    global_batch: int
+
+
+def build_run(cfg: Config, info: DistInfo) -> Run:
+    """Everything a run trains with, built in an order that fails cheaply first: the data (a misfit
+    stops before any output), then the run folder and log, the network with its starting weights,
+    the optimizer state (restored on resume) and the step's parts. Collective across ranks."""
+    cfg, weights = finetune_source(cfg)
     set_determinism(cfg, info.rank)
-    run_dir, dev, main = Path(cfg.run_dir), info.device, info.is_main
     train_loader, val_loader = build_loaders(cfg, info)  # data first: a misfit stops before any output
-    teacher = None
-    if cfg.distill.teacher:
-        with torch.random.fork_rng(devices=[]):  # its throwaway init must not move the student's
-            teacher = load_teacher(cfg.distill, cfg.model.num_classes, cfg.model.in_channels)
-
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", to_yaml(cfg).encode())
-    log = MetricsLog(run_dir, main)
-    prov = provenance(dev, info.world)
-    log.line("provenance: " + " ".join(f"{k}={v}" for k, v in prov.items()))
-    log.line("config:\n" + to_yaml(cfg).rstrip())
-    log.record("provenance", 0, {**prov, "config": to_dict(cfg)})
-
+    teacher = build_teacher(cfg)
+    log, device_name = start_log(cfg, info)
     start = find_start(cfg, info)
-    net = build_net(cfg, start, log)
+    net = build_net(cfg, start, weights, log)
     gflop = flops_per_image(net, cfg.data.image_size).flops / 1e9
-    net.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+    dev = info.device
+    net.to(dev, memory_format=memory_format(cfg))
 
     global_batch = cfg.data.batch_size * info.world
     finetune = cfg.train.finetune
@@ -244,9 +256,10 @@ def run(cfg: Config, info: DistInfo) -> int:
         log.line(f"train.amp auto -> {precision.amp}" + ("" if precision.amp == "bf16" else
                  " (this device has no native bf16: autocast would run reference kernels, slower than fp32)"))
     ema = EMA(net, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    progress = Progress()
+    progress, position = Progress(), None
     if start is not None:
-        progress = restore(start[1], optimizer, precision, ema, info)
+        progress = ckpt.restore(start[1], optimizer, precision, ema, info)
+        position = ckpt.loader_position(start[1], info)
         log.line(f"resumed from {start[0]}: epoch {progress.epoch}, step {progress.step_in_epoch} of it, "
                  f"global step {progress.global_step}")
 
@@ -254,73 +267,98 @@ def run(cfg: Config, info: DistInfo) -> int:
     if info.world > 1:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
-    distiller = None
-    if teacher is not None:
-        teacher_gflop = flops_per_image(teacher, cfg.data.image_size).flops / 1e9
-        teacher.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
-        log.line(f"distilling from {cfg.distill.teacher} ({cfg.distill.teacher_model}, {teacher_gflop:.2f} GFLOP/img "
-                 f"forward, counted in img/s): alpha {cfg.distill.alpha}, temperature {cfg.distill.temperature}")
-        distiller = Distiller(teacher, cfg.distill.alpha, cfg.distill.temperature)
+    distiller = build_distiller(teacher, cfg, dev, log)
     model = compiled(model, cfg.train.compile)  # one static graph per image size
-    if distiller is not None:
-        distiller.teacher = compiled(distiller.teacher, cfg.train.compile)
     steps = len(train_loader)  # per epoch
     total_steps = cfg.train.epochs * steps
-    parts = StepParts(model, optimizer, precision, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                      ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak, cfg.data.seed,
-                      distiller)
+    parts = TrainParts(model, optimizer, precision, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+                       ema, cfg.optim, total_steps, round(cfg.optim.warmup_epochs * steps), peak, cfg.data.seed,
+                       distiller)
     log.line(f"device {dev} x {info.world} ranks; global batch {global_batch} -> peak lr {peak:.4g} "
              f"(base_lr {cfg.optim.base_lr} per 256); {steps} steps/epoch, {total_steps} total; "
              f"{steps * train_loader.batch_size * info.world} train / "
              f"{val_loader.split.num_samples} val images; {gflop:.2f} GFLOP/img forward")
+    return Run(cfg, info, log, device_name, train_loader, val_loader, net, parts, progress, position, global_batch)
 
+
+def fit(r: Run) -> None:
+    """Train from `r.progress` to the last epoch to run, or until a stop is agreed. Each epoch is
+    trained, evaluated when due (a whole epoch only), logged and checkpointed; so is a stop."""
+    cfg, info, progress, log = r.cfg, r.info, r.progress, r.log
     stop = StopFlag().install()
-    profiler = Profiler(cfg.profile, run_dir, dev, info.rank)
-    kill = fault.kill_hook(run_dir, info.rank, info.world)  # None unless a test sets it
-    positions = start[1].get("loader_positions") if start is not None else None
-    position = positions[info.rank] if positions and len(positions) == info.world else None
-    while progress.epoch < train_loader.epochs:  # train.epochs, or stop_after_epoch if sooner
+    profiler = Profiler(cfg.profile, cfg.run_dir, info.device, info.rank)
+    kill = fault.kill_hook(cfg.run_dir, info.rank, info.world)  # None unless a test sets it
+    position = r.position
+    while progress.epoch < epochs_to_run(cfg.train):
         epoch = progress.epoch
-        result = train_epoch(parts, train_loader, epoch, progress.step_in_epoch, progress.global_step,
+        result = train_epoch(r.parts, r.train_loader, epoch, progress.step_in_epoch, progress.global_step,
                              cfg.train.log_every, info, log, stop, profiler, kill, position)
         position = result.position
-        done = progress.step_in_epoch + result.steps_done == steps
-        record = {"epoch": epoch, "loss": result.loss, "img_per_s": result.img_per_s, "steps": result.steps_done,
-                  "partial": not done, "data_wait_fraction": result.data_wait_fraction, "train_s": result.train_s,
-                  "data_wait_hist": result.wait_hist, "image_size": train_loader.size_at(epoch)}
-        log.line(f"epoch {epoch} trained in {result.train_s:.1f} s: loss {result.loss:.4f}, "
-                 f"{result.img_per_s:.0f} img/s global, {100 * result.data_wait_fraction:.1f}% of the time "
-                 "waiting for data")
+        done = progress.step_in_epoch + result.steps_done == len(r.train_loader)
+        record = epoch_record(epoch, result, done, r.train_loader.size_at(epoch))
+        log.line(format_epoch(record))
         is_best, selected = False, progress.best["weights"]
-        if done and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-            record.update(evaluate_all(net, ema, val_loader, epoch, precision, info, log))
-            selected = record["selected"]
-            is_best = record["select_top1"] > progress.best["top1"]
+        if done and eval_due(epoch, cfg.train):
+            record.update(evaluate_all(r.net, r.parts.ema, r.val_loader, epoch, r.parts.precision, info, log))
+            selected, is_best = record["selected"], record["select_top1"] > progress.best["top1"]
             if is_best:
                 progress.best = {"top1": record["select_top1"], "top5": record["select_top5"], "epoch": epoch,
                                  "weights": selected}
         log.record("epoch", result.global_step, record)
         progress.history.append(record)
         progress.global_step = result.global_step
-        progress.epoch, progress.step_in_epoch = (epoch + 1, 0) if done else (epoch, progress.step_in_epoch
-                                                                              + result.steps_done)
-        state = checkpoint_state(progress, net, optimizer, precision, ema, cfg, selected, info, position)
-        if main:
-            log.line(f"checkpoint {ckpt.save_checkpoint(state, run_dir, cfg.checkpoint.keep_last, is_best)}")
-        distributed.barrier(info)
+        progress.step_in_epoch = 0 if done else progress.step_in_epoch + result.steps_done
+        progress.epoch = epoch + 1 if done else epoch
+        save(r, selected, position, is_best)
         if result.stopped or distributed.any_rank(stop.requested, info):
             log.line(f"stop requested: checkpointed at epoch {progress.epoch} step {progress.step_in_epoch}; exiting")
             break
     profiler.close()
 
-    summary = summarize(progress.history, progress.best, epochs_done=progress.epoch,
-                        epochs_planned=cfg.train.epochs)
-    summary.update(wall_s=time.perf_counter() - t_start, global_batch=global_batch, peak_lr=peak,
-                   world_size=info.world, device=prov["device"], teacher=cfg.distill.teacher or None)
-    if main:
-        write_summary(run_dir, summary)
-        log.line(format_summary(summary))
-    log.close()
+
+def epoch_record(epoch: int, result: EpochResult, done: bool, image_size: int) -> dict:
+    """The epoch's line in metrics.jsonl and the summary's history (evaluation fields are added to it)."""
+    return {"epoch": epoch, "loss": result.loss, "img_per_s": result.img_per_s, "steps": result.steps_done,
+            "partial": not done, "data_wait_fraction": result.data_wait_fraction, "train_s": result.train_s,
+            "data_wait_hist": result.wait_hist, "image_size": image_size}
+
+
+def eval_due(epoch: int, train_cfg: TrainConfig) -> bool:
+    """Whether a completed `epoch` is evaluated: every train.eval_every epochs, and always the last."""
+    return (epoch + 1) % train_cfg.eval_every == 0 or epoch + 1 == train_cfg.epochs
+
+
+def save(r: Run, selected: str, position: bytes | None, is_best: bool) -> None:
+    """Checkpoint `r.progress` (rank 0 writes; every rank takes part in the gather), then wait
+    for every rank."""
+    p = r.parts
+    state = ckpt.checkpoint_state(r.progress, r.net, p.optimizer, p.precision, p.ema, r.cfg, selected, r.info,
+                                  position)
+    if r.info.is_main:
+        path = ckpt.save_checkpoint(state, r.cfg.run_dir, r.cfg.checkpoint.keep_last, is_best)
+        r.log.line(f"checkpoint {path}")
+    distributed.barrier(r.info)
+
+
+def finish(r: Run, wall_s: float) -> None:
+    """Write the run's summary (rank 0) and close the log."""
+    summary = summarize(r.progress.history, r.progress.best, epochs_done=r.progress.epoch,
+                        epochs_planned=r.cfg.train.epochs)
+    summary.update(wall_s=wall_s, global_batch=r.global_batch, peak_lr=r.parts.peak_lr, world_size=r.info.world,
+                   device=r.device_name, teacher=r.cfg.distill.teacher or None)
+    if r.info.is_main:
+        write_summary(Path(r.cfg.run_dir), summary)
+        r.log.line(format_summary(summary))
+    r.log.close()
+
+
+def run(cfg: Config, info: DistInfo) -> int:
+    """Train `cfg` on this rank: build, fit, summarize. Returns 0 (done, or stopped cleanly);
+    errors raise (main turns them into one line and an exit code)."""
+    t_start = time.perf_counter()
+    r = build_run(cfg, info)
+    fit(r)
+    finish(r, time.perf_counter() - t_start)
     return 0
 
 
@@ -349,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         code = run(cfg, info)
-    except (ConfigError, ckpt.CheckpointError, ShardError, OSError, PipelineError) as e:
+    except (ConfigError, CheckpointError, ShardError, OSError, PipelineError) as e:
         print(error_line(e), file=sys.stderr)
         code = 1 if isinstance(e, PipelineError) else 2
         if info.world > 1:
