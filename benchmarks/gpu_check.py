@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_figures import figures, table
-from benchmarks.gpu_plan import DRY_SCALE, TIER_BUDGET_S, Context, Step, plan, sizes
+from benchmarks.gpu_plan import DRY_SCALE, NOT_CHECKED, TIER_BUDGET_S, Context, Step, plan, sizes
 from pipeline.atomic import atomic_write
 from tools.gpu_bundle import DEFAULT_STORE, MANIFEST, MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 KILL_GRACE_S = 5
-NOT_CHECKED = 3  # a step's exit code for "could not check here" (torchvision missing): a skip, not a failure
 BLOCK_DALI = """import sys
 class BlockDali:
     def find_spec(self, name, path=None, target=None):
@@ -70,7 +69,7 @@ def skip_reason(step: Step, have: dict, c: Context) -> str:
 
 
 def learn(step: Step, c: Context, have: dict) -> None:
-    """What a finished step tells the later ones (preflight: what imports; bundle: a new path)."""
+    """What a finished preflight tells the later steps: what imports, whether there is a GPU."""
     if step.name.startswith("preflight"):
         try:
             r = json.loads((c.out / f"{step.name}.json").read_text())
@@ -177,8 +176,9 @@ def main(argv=None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         staging.mkdir(parents=True, exist_ok=True)
-        for old in staging.iterdir():
-            old.unlink()
+        for step in steps:  # this run's steps start afresh; an --only rerun keeps the others' files
+            for old in staging.glob(f"{step.name}.*"):
+                old.unlink()
         (args.out / "results.jsonl").write_text("")
     except OSError as e:
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
@@ -190,8 +190,8 @@ def main(argv=None) -> int:
     print(header, flush=True)
     report = Report(args.out, staging, args.tier, header)
     have: dict = {}
-    previous = signal.signal(signal.SIGTERM, _stop)
-    current = None
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    current, step_start = None, 0.0
     try:
         for step in steps:
             left = deadline_s - (time.monotonic() - start)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
             timeout_s = min(scale * step.budget_s, left)
             argv = step.command(c)
             print(f"== {step.name} (timeout {timeout_s:.0f} s): {' '.join(argv)}", flush=True)
-            current = step.name
+            current, step_start = step.name, time.monotonic()
             status, seconds = run_step(argv, staging / f"{step.name}.log", timeout_s, environment(c, args.tier))
             current = None
             learn(step, c, have)
@@ -213,10 +213,11 @@ def main(argv=None) -> int:
             report.add(row)
     except Stopped as e:
         if current:
-            report.add({"name": current, "status": "timeout", "seconds": round(time.monotonic() - start, 1),
+            report.add({"name": current, "status": "timeout", "seconds": round(time.monotonic() - step_start, 1),
                         "figures": {"note": f"the whole check was stopped ({e}) during this step"}})
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         report.flush()
     print()
     print((args.out / "table.md").read_text(), end="", flush=True)

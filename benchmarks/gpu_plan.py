@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TIER_BUDGET_S = {1: 180, 2: 360}
-MAX_FILES = 8  # what one command may bring back
+NOT_CHECKED = 3  # a step's exit code for "could not check here" (torchvision missing): a skip, not a failure
 DRY_SCALE = 3  # a dry run's toy steps still pay full imports on 2 shared cores
 
 
@@ -37,7 +37,7 @@ class Sizes:
     batch: int
     image_px: int
     amp: str
-    timing: tuple[str, ...]  # the suite's --warmup/--steps/--repeats (and toy extras)
+    timing: tuple[str, ...]  # --warmup/--steps/--repeats/--shuffle-buffer of the suite and hw_decoder
     threads: int
     tiny: tuple[str, ...]  # make_tiny_shards' --samples/--shards
     startup: tuple[str, ...]  # benchmarks.startup's sizes
@@ -47,8 +47,7 @@ class Sizes:
 def sizes(dry: bool, cores: int) -> Sizes:
     if dry:
         return Sizes("cpu", 4, 40, 5, ("--min-side", "64", "--max-side", "128"), 40, "resnet18", 8, 32, "off",
-                     ("--warmup", "1", "--steps", "2", "--repeats", "1", "--shuffle-buffer", "16",
-                      "--peak-tflops", "0.1"),
+                     ("--warmup", "1", "--steps", "2", "--repeats", "1", "--shuffle-buffer", "16"),
                      2, ("--samples", "2000", "--shards", "8"),
                      ("--image-size", "16", "--batch-size", "64", "--epochs", "2"), ((0.3, 1),))
     threads = max(1, cores - 1)
@@ -98,7 +97,6 @@ class Step:
     budget_s: int  # its timeout on the GPU machine
     needs: tuple[str, ...]
     command: Command
-    watch_gpu: bool = False  # sample nvidia-smi's engine utilisation while it runs
     dry_note: str = ""  # why it is skipped in a dry run, if it is
     optional: bool = False  # run only when named with --only
 
@@ -145,7 +143,8 @@ STEPS: tuple[Step, ...] = (
          lambda c: _suite(c, "suite_baseline", "--loaders", "baseline", "--stages", "")),
     *(Step(f"model_compile_{mode}", 1, 55 if mode == "default" else 150, ("cuda", "cc"),
            # 3 x 10 batches: the time goes to the compile
-           lambda c, mode=mode: _suite(c, f"model_compile_{mode}", "--loaders", "", "--compile", mode, "--steps", "10"),
+           lambda c, mode=mode: _suite(c, f"model_compile_{mode}", "--loaders", "", "--compile", mode, "--steps", "10",
+                                       "--num-classes", str(c.size.classes)),  # no shards needed
            dry_note="dry run: torch.compile of a ResNet takes minutes on a CPU", optional=mode != "default")
       for mode in ("default", "reduce-overhead", "max-autotune")),
     Step("torchvision", 1, 10, ("torch",),
@@ -161,13 +160,11 @@ STEPS: tuple[Step, ...] = (
                                                     str(c.out / "preflight_dali.json"),
                                                     *(("--dry-run",) if c.dry else ()))),
     Step("data_dali", 2, 20, ("torch",), _data("data_dali")),  # the tier-1 shards when the machine kept them
-    Step("suite_dali", 2, 70, ("cuda", "dali", "data"), lambda c: _suite(c, "suite_dali", "--loaders", "dali"),
-         watch_gpu=True),
+    Step("suite_dali", 2, 70, ("cuda", "dali", "data"), lambda c: _suite(c, "suite_dali", "--loaders", "dali")),
     Step("hw_decoder", 2, 35, ("cuda", "dali", "data"),
          lambda c: _py(c, "-m", "benchmarks.hw_decoder", "--data", str(c.shards), "--device", c.size.device,
                        "--batch-size", str(c.size.batch), "--threads", str(c.size.threads),
-                       *c.size.timing[:6], "--json", str(c.out / "hw_decoder.json")),
-         watch_gpu=True),
+                       *c.size.timing, "--json", str(c.out / "hw_decoder.json"))),
     Step("tiny", 2, 20, ("torch",), _tiny),
     Step("startup", 2, 40, ("cuda", "dali", "tiny"),
          lambda c: _py(c, "-m", "benchmarks.startup", "--data", str(c.tiny), "--device", c.size.device,
@@ -183,8 +180,7 @@ def sweep_step(load: float, threads: int) -> Step:
     name = f"sweep_hw{load:g}_t{threads}"
     return Step(name, 2, 25, ("cuda", "dali", "data"),
                 lambda c: _suite(c, name, "--loaders", "dali", "--stages", "", "--hw-decoder-load", f"{load:g}",
-                                 "--threads", str(threads), "--steps", "20"),
-                watch_gpu=True)
+                                 "--threads", str(threads), "--steps", "20"))
 
 
 SETUP = {1: ("preflight", "data"), 2: ("bundle", "preflight_dali", "data_dali", "tiny")}

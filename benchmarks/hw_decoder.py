@@ -68,9 +68,8 @@ def main(argv=None) -> int:
     classes = num_classes(args)
     result = {"args": vars(args), "loads": {}}
     for load in (float(x) for x in args.loads.split(",")):
-        args.hw_decoder_load = load
         with EngineWatch() as watch:
-            stages = measure("dali", args, device, classes)
+            stages = measure("dali", argparse.Namespace(**{**vars(args), "hw_decoder_load": load}), device, classes)
         result["loads"][f"{load:g}"] = {"stages": stages, "engine_peak_pct": watch.peaks()}
         print(f"hw_decoder_load {load:g}: " + ", ".join(f"{s} {v['img_per_s']:.0f} img/s" for s, v in stages.items())
               + f"; nvidia-smi peaks {watch.peaks() or 'n/a'}", flush=True)

@@ -23,12 +23,13 @@ import torch
 from benchmarks.common import add_data_args, gpu_memory, num_classes, timed_loader, window_steps, write_json
 from benchmarks.stages import STAGE_BUILDERS, STAGES
 from benchmarks.timing import resolve_device
+from pipeline.base import Loader
 from pipeline.throughput import rate
 
 
-def measure(loader_name: str, args, device: torch.device, classes: int) -> dict:
-    """Every stage of one loader -> {stage: figures}."""
-    loader = timed_loader(args, loader_name, args.split, device, classes)
+def measure(loader_name: str, args, device: torch.device, classes: int, loader: Loader | None = None) -> dict:
+    """Every stage of one loader (`loader`, or one built here) -> {stage: figures}."""
+    loader = loader or timed_loader(args, loader_name, args.split, device, classes)
     out = {}
     for stage in filter(None, args.stages.split(",")):
         gpu_memory(device)  # this stage's peak starts here

@@ -145,7 +145,7 @@ def run(args, save=lambda result: None) -> dict:
               "pipeline_only": {}, "end_to_end": {}}
     save(result)
     for name, loader in loaders.items():
-        result["pipeline_only"][name] = measure(name, args, device, classes)
+        result["pipeline_only"][name] = measure(name, args, device, classes, loader)
         save(result)
         print(f"end to end ({name}) ...", flush=True)
         result["end_to_end"][name] = train_rate(parts, loader, len(loader), args, device)

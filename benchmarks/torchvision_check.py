@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from benchmarks.gpu_check import NOT_CHECKED  # exit code: torchvision could not be imported
+from benchmarks.gpu_plan import NOT_CHECKED  # exit code: torchvision could not be imported
 from benchmarks.timing import resolve_device
 from model import ModelConfig, build_model
 

@@ -39,6 +39,10 @@ def verdict(model_img_s: float, stages: dict[str, float], end_to_end_img_s: floa
     if efficiency >= EFFICIENT:
         return {"bound": "compute-bound", "limit": "compute", "efficiency": efficiency, "shortfall": 1.0,
                 "advice": "the input keeps up; speed up the model (torch.compile, larger batch, bf16)"}
+    if not stages:  # no stage alone was measured: the limit cannot be named
+        return {"bound": "input-bound (stages not measured)", "limit": "unknown", "efficiency": efficiency,
+                "shortfall": model_img_s / max(end_to_end_img_s, 1e-9),
+                "advice": "measure each stage alone (--stages read,decode,train) to find the one that limits"}
     for name, key in STAGE_KEYS:
         if key in stages and stages[key] < model_img_s * EFFICIENT:
             return {"bound": f"input-bound: {name}", "limit": name, "efficiency": efficiency,

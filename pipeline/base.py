@@ -28,10 +28,6 @@ from pipeline.shards import SplitInfo
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class PipelineError(RuntimeError):
-    """A loader failed for a reason that is not the data: out of memory, a bad argument, a CUDA fault."""
-
-
 def rank_range(n: int, rank: int, world: int) -> tuple[int, int]:
     """[start, end) of rank's contiguous share of n samples (DALI's reader sharding formula)."""
     return n * rank // world, n * (rank + 1) // world

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.base import PipelineError
 from pipeline.labels import parse_cls
 from pipeline.shards import (
     IDX_VERSION,
     TAR_BLOCK,
     Member,
+    PipelineError,
     ShardError,
     SplitInfo,
     group_samples,

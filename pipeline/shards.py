@@ -24,6 +24,10 @@ class ShardError(ValueError):
     """Bad shard data; the message names the file (and the sample key where there is one)."""
 
 
+class PipelineError(RuntimeError):
+    """A loader failed for a reason that is not the data: out of memory, a bad argument, a CUDA fault."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One regular file inside a tar: `name`, data offset in bytes from the tar start, size in bytes."""

@@ -38,6 +38,9 @@ def test_verdict_other_stages():
     assert v["bound"] == "input-bound: contention" and v["shortfall"] == pytest.approx(1000 / 700)
     assert v["advice"] == CONTENTION["cpu"] and "cores" in v["advice"]
     assert verdict(1000, {"read": 9e4, "decode": 3000, "train": 2000}, 700, "cuda")["advice"] == CONTENTION["cuda"]
+    # end to end alone (no stage measured): the limit is not named, nor blamed on contention
+    assert verdict(1000, {}, 700)["bound"] == "input-bound (stages not measured)"
+    assert verdict(1000, {}, 990)["bound"] == "compute-bound"
 
 
 def test_trainer_verdict_and_wait_histogram():

@@ -6,11 +6,10 @@ import torch
 from conftest import GOOD, make_shard
 
 from pipeline import check
-from pipeline.base import PipelineError
 from pipeline.config import DataConfig
 from pipeline.dali import DaliLoader
 from pipeline.loader import build_loader
-from pipeline.shards import ShardError, load_split
+from pipeline.shards import PipelineError, ShardError, load_split
 
 CPU = torch.device("cpu")
 # DALI 2.4's wrapping of an operator's error: the operator, the graph's Python traceback, what it

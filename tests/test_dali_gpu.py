@@ -37,7 +37,7 @@ def decoded_crops(shards, device: str, hw_decoder_load: float) -> list[np.ndarra
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("hw_decoder_load", [0.0, 1.0], ids=["cuda-decoder", "hardware-decoder"])
+@pytest.mark.parametrize("hw_decoder_load", [0.0, 1.0], ids=["hw_decoder_load_0", "hw_decoder_load_1"])
 def test_dali_mixed_decode_matches_cpu_decode_of_the_same_crops(shards, hw_decoder_load):
     gpu, cpu = decoded_crops(shards, "mixed", hw_decoder_load), decoded_crops(shards, "cpu", 0.0)
     assert [a.shape for a in gpu] == [b.shape for b in cpu] == [(36, 40, 3)] * 16

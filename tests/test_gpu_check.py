@@ -197,3 +197,31 @@ def test_tier_2_dry_run_measures_dali(tmp_path):
             "end_to_end_dali_img_s", "efficiency"} <= set(f)
     assert {"hw0_decode_img_s", "hw0.65_decode_img_s"} <= set(r["hw_decoder"]["figures"])
     assert r["startup"]["figures"]["samples"] == 2000 and len(r["startup"]["figures"]["turnover_s"]) == 1
+
+
+@pytest.mark.parametrize(("tier", "step", "expected"), [
+    (1, "tests_gpu", ["test_gpu_run[baseline-fp16]", "test_gpu_run[baseline-4-channels]",
+                      "test_each_rank_has_its_own_gpu_rng_and_the_same_host_one"]),
+    (1, "tests_gpu_compile", ["test_gpu_run[baseline-compile]", "test_gpu_run[baseline-cuda-graphs]"]),
+    (2, "tests_gpu_dali", ["test_gpu_run[dali-bf16]", "test_gpu_run[dali-fp16]", "test_gpu_run[dali-4-channels]",
+                           "test_dali_mixed_decode_matches_cpu_decode_of_the_same_crops[hw_decoder_load_0]",
+                           "test_dali_mixed_decode_matches_cpu_decode_of_the_same_crops[hw_decoder_load_1]",
+                           "test_dali_mixed_resumes_mid_epoch_with_the_same_batches",
+                           "test_dali_gpu_batch_is_on_the_gpu"]),
+])
+def test_each_gpu_test_step_selects_the_tests_it_names(tmp_path, tier, step, expected):
+    (chosen,) = [s for s in plan(tier, dry=False, cores=16, only={step}) if s.name == step]
+    c = gpu_check.Context(sys.executable, gpu_check.ROOT, tmp_path, tmp_path, None, False)
+    r = subprocess.run([*chosen.command(c), "--collect-only"], env=ENV, capture_output=True, text=True, timeout=120)
+    collected = [ln.rpartition("::")[2] for ln in r.stdout.splitlines() if "::" in ln]
+    assert collected == expected, r.stdout[-2000:]
+
+
+def test_an_only_rerun_keeps_the_other_steps_files(tmp_path):
+    staging = tmp_path / "w" / "tier1"
+    staging.mkdir(parents=True)
+    (staging / "suite_baseline.json").write_text("{}")  # what model_compile's vs_eager reads
+    (staging / "torchvision.log").write_text("an earlier run")
+    gpu_check.main(["--tier", "1", "--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+                    "--only", "torchvision", "--deadline", "0"])
+    assert (staging / "suite_baseline.json").exists() and not (staging / "torchvision.log").exists()

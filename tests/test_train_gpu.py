@@ -46,7 +46,7 @@ def test_gpu_run(shards, tmp_path, loader, extra):
 
 
 @pytest.mark.gpu
-def test_each_rank_draws_its_own_gpu_random_numbers_and_the_same_host_ones():
+def test_each_rank_has_its_own_gpu_rng_and_the_same_host_one():
     cfg = load_config(None)
     draws = []
     for rank in (0, 1, 0):

@@ -42,8 +42,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-# What the JPEG pipeline loads, and the Python packages DALI and webdataset import that the GPU
-# image (torch, torchvision, numpy, onnxruntime, CUDA 13 nvidia-* libraries) does not have.
+# What the JPEG pipeline loads, and the Python packages DALI and webdataset import: all of them,
+# so the bundle also runs under `python -I -S` with only numpy beside it (the GPU image has its own
+# pyyaml, packaging, six and typing_extensions; PYTHONPATH puts these pinned ones first).
 # nvjpeg2k and nvtiff are no NEEDED entry, but nvImageCodec's extensions dlopen them whenever a
 # decoder is made and log an ERROR line each where they are missing. nvcomp stays out: DALI
 # dlopens it only for its decompression operators.

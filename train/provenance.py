@@ -7,6 +7,7 @@ can be tied to the commit (and whether the tree was dirty) and the machine that 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import subprocess
@@ -42,10 +43,16 @@ def cpu_name() -> str:
 
 
 def dali_version() -> str | None:
-    """DALI's version: from the module where a loader imported it, else from the installed
-    package's metadata (a run that did not use DALI does not import it here)."""
+    """DALI's version: from the module where a loader imported it, else from the metadata of the
+    package that `import nvidia.dali` would load (None where it would find none); a run that did
+    not use DALI does not import it here."""
     if "nvidia.dali" in sys.modules:
         return getattr(sys.modules["nvidia.dali"], "__version__", None)
+    try:
+        if importlib.util.find_spec("nvidia.dali") is None:
+            return None
+    except (ImportError, ValueError):  # no `nvidia` package, or an import blocked on purpose
+        return None
     return next((d.version for d in importlib.metadata.distributions()
                  if (d.metadata["Name"] or "").lower().startswith("nvidia-dali")), None)
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
 from pipeline.atomic import atomic_write
-from pipeline.base import Loader, PipelineError
+from pipeline.base import Loader
 from pipeline.loader import build_loader
 from pipeline.pt_file import CheckpointError, safe_load
-from pipeline.shards import ShardError
+from pipeline.shards import PipelineError, ShardError
 from train import checkpoint as ckpt
 from train import distributed, fault
 from train.amp import Precision
