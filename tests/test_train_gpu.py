@@ -2,31 +2,23 @@
 GradScaler, torch.compile; each must train and count every validation image once."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import PYTHONPATH
+from conftest import train
 
 from pipeline.shards import load_split
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["train.amp=bf16"], ["train.amp=fp16"], ["train.compile=default"], ["train.compile=reduce-overhead"],
     ["data.pad_channels=true", "model.in_channels=4"]], ids=["bf16", "fp16", "compile", "cuda-graphs", "4-channels"])
 def test_gpu_run(shards, tmp_path, extra):
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    r = subprocess.run(
-        [sys.executable, "-m", "train", "data.loader=dali", f"data.path={shards}", "data.batch_size=16",
-         "data.image_size=64", "data.val_image_size=64", "model.name=resnet50", "model.num_classes=10",
-         "train.epochs=2", "optim.warmup_epochs=1", "train.log_every=4", "optim.ema_decay=0.99",
-         f"run_dir={tmp_path}", *extra],
-        env=env, capture_output=True, text=True, timeout=600)
+    r = train(["data.loader=dali", f"data.path={shards}", "data.batch_size=16", "data.image_size=64",
+               "data.val_image_size=64", "model.name=resnet50", "model.num_classes=10", "train.epochs=2",
+               "optim.warmup_epochs=1", "train.log_every=4", "optim.ema_decay=0.99", f"run_dir={tmp_path}", *extra],
+              threads=None, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "device cuda:0" in r.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
