@@ -50,8 +50,9 @@ REFERENCE_THREADS = 2
 def process_env(threads: int | None = REFERENCE_THREADS, **extra: str) -> dict:
     """The environment of a test's subprocess: the project importable (first, before whatever the
     caller had: the GPU machine's .devsite/), unbuffered output, `threads` OpenMP threads (None:
-    the caller's setting), no fault injection unless `extra` sets it."""
-    env = {k: v for k, v in os.environ.items() if k != fault.ENV}
+    the caller's setting) that sleep while they wait (unless the caller says otherwise; the
+    Makefile's reason), no fault injection unless `extra` sets it."""
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **{k: v for k, v in os.environ.items() if k != fault.ENV}}
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1")
     if threads is not None:

@@ -1,13 +1,14 @@
 """deploy.export and deploy.prune on a real (tiny) trained checkpoint: which weights are exported,
 pruned files that rebuild from data and fine-tune with the normal trainer, and bad input.
-ResNet-18 at 32 px, one epoch over the `shards` fixture (203 train / 50 val images), trained by
-the trainer's main() in this process; the commands' main()s run here too."""
+ResNet-18 at 32 px: one epoch on the synthetic loader, trained by the trainer's main() in this
+process (the commands' main()s run here too); the fine-tuning run: `python -m train` over the
+`shards` fixture (203 train / 50 val images)."""
 
 import sys
 
 import pytest
 import torch
-from conftest import TINY, Evil, call_main, ok, train
+from conftest import SYNTH, TINY, Evil, call_main, ok, train
 
 from deploy import export, prune
 from model import ModelConfig, build_model, flops_per_image, stored_model_config
@@ -31,10 +32,11 @@ def onnx_logits(path, x: torch.Tensor):
 
 
 @pytest.fixture(scope="module")
-def best(shards, tmp_path_factory):
+def best(tmp_path_factory):
     """best.pt of a one-epoch run with EMA (so "model" and "ema" weights differ)."""
     run_dir = tmp_path_factory.mktemp("deploy") / "run"
-    ok(call_main(trainer.main, [*RUN, f"data.path={shards}", f"run_dir={run_dir}"], threads=2))
+    ok(call_main(trainer.main, [*SYNTH, "train.epochs=1", "optim.ema_decay=0.9", "train.amp=off",
+                                f"run_dir={run_dir}"], threads=2))
     return run_dir / "best.pt"
 
 
