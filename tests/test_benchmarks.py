@@ -1,13 +1,15 @@
 """The benchmarks: the verdict logic on constructed figures, and each tool at tiny sizes."""
 
 import json
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import pipeline_bench, shard_bench, suite
+from benchmarks import pipeline_bench, shard_bench, suite, torchvision_check
 from benchmarks.verdict import ADVICE, CONTENTION, mfu, verdict
 from train import backend
 from train.summary import loop_verdict, wait_histogram
@@ -152,3 +154,17 @@ def test_suite_times_distillation_steps():
     assert parts.distiller is not None and not parts.distiller.teacher.training
     assert not any(p.requires_grad for p in parts.distiller.teacher.parameters())
     assert suite.step_parts(suite.parse_args(["--data", "x", "--model", "resnet18"]), cpu, 10).distiller is None
+
+
+def test_python_m_benchmarks_is_the_suite(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["python -m benchmarks", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("benchmarks", run_name="__main__")
+    assert e.value.code == 0 and "--loaders" in capsys.readouterr().out
+
+
+def test_torchvision_check_never_says_ok_unchecked(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    assert torchvision_check.main(["--device", "cpu"]) == torchvision_check.NOT_CHECKED == 3
+    out = capsys.readouterr().out
+    assert out.startswith("torchvision check: NOT CHECKED (torchvision not importable: ") and "OK" not in out
