@@ -58,4 +58,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs data/demo .pytest_cache .coverage
+	rm -rf runs data/demo .pytest_cache .coverage .coverage.*
