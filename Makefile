@@ -1,10 +1,16 @@
-# Firehose: `make demo` (synthetic ImageNet -> shards -> train -> summary) and `make test`.
+# Firehose: `make demo` (synthetic ImageNet -> shards -> train -> summary), `make test` (the fast
+# tests) and `make test-all` (every test: what CI runs).
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO  ?= data/demo
+DEMO_RUN ?= runs/demo
+# More key=value overrides for the demo's training run.
+DEMO_ARGS ?=
+# Empty: run in the environment PY is in, as it is (tests/test_train_demo.py runs the demo so).
+SETUP ?= setup
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-all coverage bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,plot]"
 	touch $@
 
-$(DEMO)/raw/.done: | setup
+$(DEMO)/raw/.done: | $(SETUP)
 	$(PY) tools/make_synthetic_imagenet.py --out $(DEMO)/raw --classes 10 --train-per-class 260 \
 		--val-per-class 50 --min-side 80 --max-side 160 --force
 	touch $@
@@ -25,11 +31,25 @@ $(DEMO)/shards/_info.json: $(DEMO)/raw/.done
 	$(PY) tools/shard_imagenet.py --src $(DEMO)/raw --out $(DEMO)/shards --samples-per-shard 256
 
 demo: $(DEMO)/shards/_info.json
-	rm -rf runs/demo  # a fresh run each time (resume: auto would find the last one finished)
-	$(PY) -m train --config configs/demo.yaml data.path=$(DEMO)/shards run_dir=runs/demo
+	rm -rf $(DEMO_RUN)  # a fresh run each time (resume: auto would find the last one finished)
+	$(PY) -m train --config configs/demo.yaml data.path=$(DEMO)/shards run_dir=$(DEMO_RUN) $(DEMO_ARGS)
 
+# OpenMP threads that sleep while they wait instead of spinning: the test process, DALI's threads
+# and the trainer subprocesses share the cores, and spinning threads on busy cores made
+# compute-heavy tests 2-3x slower (README "Tests").
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
+
+# The fast tier: everything but the tests marked slow (trainer processes, torchrun, the demo, the
+# GPU check's dry run); every module still runs. README "Tests" has the times of both tiers.
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not slow" --durations=15
+
+test-all: setup
+	$(PYTEST) --durations=15
+
+# Per-module line coverage of the fast tier (the table in README "Tests").
+coverage: setup
+	$(PYTEST) -m "not slow" --cov --cov-report=term
 
 bench: setup
 	$(PY) -m benchmarks --data $(DEMO)/shards
@@ -38,4 +58,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs data/demo .pytest_cache
+	rm -rf runs data/demo .pytest_cache .coverage .coverage.*

@@ -1,14 +1,20 @@
 """Shared fixtures and helpers: a small synthetic ImageNet and its shards (made once per test
-session), tiny training arguments, shard builders and damage, and checkpoint comparisons."""
+session), the tiny training run, the one way tests start a process or run a command's main() in
+this one, shard builders and damage, and checkpoint comparisons."""
 
 import hashlib
 import io
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
@@ -19,32 +25,124 @@ from pipeline.shards import format_idx, load_split
 from tools import make_synthetic_imagenet, shard_imagenet
 from tools.shard_writer import TarIndexWriter
 from train import checkpoint as ckpt
+from train import fault
 from train.config import OptimConfig, load_config, to_dict
 from train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
-# For subprocesses: the project first, then whatever the caller had (the GPU machine's .devsite/).
-PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1"}
 BATCH = 8  # the tiny runs' batch size
 # A tiny training run: ResNet-18 at 32 px, DALI on the CPU, deterministic, EMA and mixup on.
 TINY = ["data.loader=dali", f"data.batch_size={BATCH}", "data.image_size=32", "data.val_image_size=32",
         "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "optim.warmup_epochs=0.5",
         "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9", "train.deterministic=true"]
+# A tiny run without data: the synthetic loader (8 steps an epoch), 2 epochs.
+SYNTH = ["data.loader=synthetic", f"data.batch_size={BATCH}", "data.image_size=32", "data.val_image_size=32",
+         "model.name=resnet18", "model.num_classes=10", "train.epochs=2", "optim.warmup_epochs=0"]
 
-
-# The reference run the resume tests compare against: 3 epochs, resized at epoch 2, two threads.
+# The reference run the resume tests compare against: 3 epochs, resized at epoch 2, two threads
+# (a run compared with it must use as many: the kernels' sums depend on the thread count).
 REFERENCE = [*TINY, "data.num_threads=2", "train.epochs=3", "train.resize=[[0, 32], [2, 40]]"]
-REFERENCE_ENV = {**ENV, "OMP_NUM_THREADS": "2"}
+REFERENCE_THREADS = 2
+
+
+# --- processes: the one way a test starts one ---------------------------------------------------
+
+def process_env(threads: int | None = REFERENCE_THREADS, **extra: str) -> dict:
+    """The environment of a test's subprocess: the project importable (first, before whatever the
+    caller had: the GPU machine's .devsite/), unbuffered output, `threads` OpenMP threads (None:
+    the caller's setting) that sleep while they wait (unless the caller says otherwise; the
+    Makefile's reason), no fault injection unless `extra` sets it."""
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **{k: v for k, v in os.environ.items() if k != fault.ENV}}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return {**env, **extra}
+
+
+def run_python(*argv, timeout: float, threads: int | None = REFERENCE_THREADS, env: dict | None = None,
+               cwd=None) -> subprocess.CompletedProcess:
+    """`python *argv` in a new process (`-m train ...`, `-c CODE ...`, a script), text output
+    captured; a process still running after `timeout` seconds is killed and fails the test."""
+    return subprocess.run([sys.executable, *map(str, argv)], env=process_env(threads, **(env or {})), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def started(*argv, threads: int | None = REFERENCE_THREADS) -> Iterator[subprocess.Popen]:
+    """`python *argv` started, not waited for, with stdout and stderr merged into `.stdout` (for
+    tests that signal it on a given line). Killed on leaving the block if still running, so a test
+    that fails or times out (pytest-timeout) leaves no process behind."""
+    proc = subprocess.Popen([sys.executable, *map(str, argv)], env=process_env(threads), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def train(args, timeout: float = 240, threads: int | None = REFERENCE_THREADS, env: dict | None = None,
+          code: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m train args` in a new process (or `python -c code args`)."""
+    head = ["-c", code] if code else ["-m", "train"]
+    return run_python(*head, *args, timeout=timeout, threads=threads, env=env)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    """A process that exited 0: its output, stdout then stderr."""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def call_main(main, argv, threads: int = 1) -> subprocess.CompletedProcess:
+    """`main(argv)` run in this process as `sys.exit(main())` would run it (argparse's exit 2 on a
+    bad flag included), on `threads` torch threads: its exit code and what it printed, as
+    `run_python` gives them for a new process. What a trainer run changes in the process is put
+    back after it: the RNGs, deterministic mode, cuDNN autotuning, the SIGINT and SIGTERM handlers,
+    CUBLAS_WORKSPACE_CONFIG."""
+    argv = [str(a) for a in argv]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rngs = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    modes = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    environ = dict(os.environ)
+    os.environ.pop(fault.ENV, None)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse; exit codes as sys.exit gives them
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        torch.set_num_threads(torch_threads)
+        torch.set_rng_state(rngs[0])
+        random.setstate(rngs[1])
+        np.random.set_state(rngs[2])
+        torch.use_deterministic_algorithms(modes[0], warn_only=modes[1])
+        torch.backends.cudnn.benchmark = modes[2]
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        os.environ.clear()
+        os.environ.update(environ)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+SLOW_TIMEOUT_S = 900  # pyproject's timeout is for the rest
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +167,7 @@ def shards(synthetic, tmp_path_factory):
 def reference_run(shards, tmp_path_factory) -> tuple[Path, str]:
     """An uninterrupted REFERENCE run on the shards fixture: (run_dir, its output)."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    r = subprocess.run([sys.executable, "-m", "train", *REFERENCE, f"data.path={shards}", f"run_dir={run_dir}"],
-                       env=REFERENCE_ENV, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir, r.stdout + r.stderr
+    return run_dir, ok(train([*REFERENCE, f"data.path={shards}", f"run_dir={run_dir}"]))
 
 
 def meta_model(**cfg) -> torch.nn.Module:

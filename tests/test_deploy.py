@@ -1,43 +1,22 @@
 """deploy.export and deploy.prune on a real (tiny) trained checkpoint: which weights are exported,
 pruned files that rebuild from data and fine-tune with the normal trainer, and bad input.
-ResNet-18 at 32 px, one epoch over the `shards` fixture (203 train / 50 val images)."""
+ResNet-18 at 32 px: one epoch on the synthetic loader, trained by the trainer's main() in this
+process (the commands' main()s run here too); the fine-tuning run: `python -m train` over the
+`shards` fixture (203 train / 50 val images)."""
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import PYTHONPATH
+from conftest import SYNTH, TINY, Evil, call_main, ok, train
 
 from deploy import export, prune
 from model import ModelConfig, build_model, flops_per_image, stored_model_config
 from train import checkpoint as ckpt
+from train import trainer
 from train.config import from_dict
 
-ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-TINY = ["data.loader=dali", "data.num_threads=2", "data.batch_size=16", "data.image_size=32",
-        "data.val_image_size=32", "model.name=resnet18", "model.num_classes=10", "train.epochs=1",
-        "train.amp=off", "train.log_every=5", "optim.warmup_epochs=0.5", "optim.ema_decay=0.9"]
-
-
-def train(shards, run_dir, *extra) -> str:
-    r = subprocess.run([sys.executable, "-m", "train", *TINY, f"data.path={shards}", f"run_dir={run_dir}", *extra],
-                       env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout + r.stderr
-
-
-def cli(module: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
-
-
-class RunsCode:
-    """A pickle that would call a function on load (weights_only=True must refuse it)."""
-
-    def __reduce__(self):
-        return (print, ("this ran on load",))
+RUN = [*TINY, "data.num_threads=2", "data.batch_size=16", "train.epochs=1", "train.amp=off", "train.log_every=5"]
 
 
 def net_from(state: dict, weights: str) -> torch.nn.Module:
@@ -53,10 +32,11 @@ def onnx_logits(path, x: torch.Tensor):
 
 
 @pytest.fixture(scope="module")
-def best(shards, tmp_path_factory):
+def best(tmp_path_factory):
     """best.pt of a one-epoch run with EMA (so "model" and "ema" weights differ)."""
     run_dir = tmp_path_factory.mktemp("deploy") / "run"
-    train(shards, run_dir)
+    ok(call_main(trainer.main, [*SYNTH, "train.epochs=1", "optim.ema_decay=0.9", "train.amp=off",
+                                f"run_dir={run_dir}"], threads=2))
     return run_dir / "best.pt"
 
 
@@ -65,7 +45,7 @@ def pruned(best, tmp_path_factory):
     """(the pruned file, the prune command's stdout) at half the FLOPs."""
     pytest.importorskip("torch_pruning")
     out = tmp_path_factory.mktemp("pruned") / "pruned.pt"
-    r = cli("deploy.prune", best, "--flops-ratio", 0.5, "--out", out)
+    r = call_main(prune.main, [best, "--flops-ratio", 0.5, "--out", out])
     assert r.returncode == 0, r.stderr[-2000:]
     return out, r.stdout
 
@@ -80,8 +60,8 @@ def test_export_the_selected_weights_and_override(best, tmp_path, capsys):
     pytest.importorskip("onnx")
     state = ckpt.load_checkpoint(best)
     x = torch.randn(3, 3, 32, 32)
-    r = cli("deploy.export", best, tmp_path / "m.onnx")  # the CLI; no "selected_weights" key: the model's
-    assert r.returncode == 0 and "the 'model' weights" in r.stdout, r.stderr
+    torch.save({k: v for k, v in state.items() if k != "selected_weights"}, tmp_path / "old_best.pt")
+    assert "the 'model' weights" in exports(tmp_path / "old_best.pt", tmp_path / "m.onnx", capsys)  # the default
     assert abs(onnx_logits(tmp_path / "m.onnx", x) - net_from(state, "model")(x).detach().numpy()).max() < 1e-4
     torch.save({**state, "selected_weights": "ema"}, tmp_path / "ema_best.pt")
     assert "the 'ema' weights" in exports(tmp_path / "ema_best.pt", tmp_path / "e.onnx", capsys)
@@ -128,18 +108,22 @@ def test_prune_halves_flops_and_rebuilds_from_data(best, pruned):
         stored_model_config(state, ModelConfig(name="resnet34"), path)
 
 
+@pytest.mark.slow
 def test_finetune_and_export_a_pruned_model(shards, pruned, tmp_path, capsys):
+    """`python -m train` fine-tunes a pruned file, and the run's best.pt exports as the pruned net."""
     pytest.importorskip("onnx")
     path, _ = pruned
     widths = from_dict(torch.load(path, weights_only=True)["config"]).model.widths
-    out = train(shards, tmp_path / "ft", f"train.finetune.weights={path}")
+    out = ok(train([*RUN, f"data.path={shards}", f"run_dir={tmp_path / 'ft'}", f"train.finetune.weights={path}"],
+                   timeout=300))
     assert "fine-tuning from" in out and "fresh head: none" in out
     state = ckpt.load_checkpoint(tmp_path / "ft" / "best.pt")
     assert from_dict(state["config"]).model.widths == widths  # the checkpoint rebuilds the pruned net
     for onnx_out, source in ((tmp_path / "ft.onnx", tmp_path / "ft" / "best.pt"), (tmp_path / "p.onnx", path)):
         assert "(pruned)" in exports(source, onnx_out, capsys)
     x = torch.randn(2, 3, 32, 32)
-    assert abs(onnx_logits(tmp_path / "ft.onnx", x) - net_from(state, "model")(x).detach().numpy()).max() < 1e-4
+    selected = net_from(state, state["selected_weights"])  # what the export takes by default
+    assert abs(onnx_logits(tmp_path / "ft.onnx", x) - selected(x).detach().numpy()).max() < 1e-4
 
 
 def test_bad_input_is_one_line_and_writes_nothing(best, tmp_path, capsys):
@@ -167,9 +151,10 @@ def test_bad_input_is_one_line_and_writes_nothing(best, tmp_path, capsys):
     fails(export.main, tmp_path / "mnv3.pt", onnx_out, "--weights", "ema", needles=("mnv3.pt", "no 'ema' weights"))
     torch.save(mobile, tmp_path / "plain.pt")  # a bare state dict is not a firehose model file
     fails(export.main, tmp_path / "plain.pt", onnx_out, needles=("plain.pt", "missing keys"))
-    torch.save({**state, "model": RunsCode()}, tmp_path / "evil.pt")
+    torch.save({**state, "model": Evil(tmp_path / "pwned")}, tmp_path / "evil.pt")
     fails(prune.main, tmp_path / "evil.pt", "--flops-ratio", 0.5, "--out", out, needles=("evil.pt", "weights-only"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt", "mnv3.pt", "plain.pt", "r34.pt"]  # no output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt", "mnv3.pt", "plain.pt", "r34.pt"]  # no output,
+    # and the pickle's code did not run (it would have made `pwned`)
 
 
 def test_widths_are_typed_and_validated_by_the_config_loader():

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ENV
+from conftest import process_env, run_python, started
 
 from benchmarks import gpu_check, gpu_data, gpu_figures
 from benchmarks.gpu_plan import plan
@@ -17,6 +17,7 @@ from benchmarks.gpu_plan import plan
 # A visit: 15 minutes in all, for the machine's start, tier 1 (carrying bundle part 1), the other
 # parts' transfers and tier 2, with room to run tier 1 again (issue 15).
 TIER_1_S, TIER_2_S, FILES_BACK = 180, 360, 8
+ENV = process_env(threads=None)  # what the check gives its steps, less its PYTHONPATH additions
 
 
 def names(steps) -> list[str]:
@@ -144,14 +145,13 @@ def rows_of(out) -> dict:
 @pytest.mark.slow
 def test_a_stopped_check_keeps_the_rows_so_far_and_names_the_step_it_stopped(tmp_path):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "benchmarks.gpu_check", "--tier", "1", "--dry-run", "--out", str(out),
-                          "--work", str(tmp_path / "w")], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (tmp_path / "w" / "tier1" / "data.log").exists():
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)
-    output = p.communicate(timeout=60)[0]
+    with started("-m", "benchmarks.gpu_check", "--tier", "1", "--dry-run", "--out", out, "--work", tmp_path / "w",
+                 threads=None) as p:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "w" / "tier1" / "data.log").exists():
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        output = p.communicate(timeout=60)[0]
     r = rows_of(out)
     assert p.returncode == 1, output
     assert r["preflight"]["status"] == "ok" and r["data"]["status"] == "timeout"
@@ -212,7 +212,7 @@ def test_tier_2_dry_run_measures_dali(tmp_path):
 def test_each_gpu_test_step_selects_the_tests_it_names(tmp_path, tier, step, expected):
     (chosen,) = [s for s in plan(tier, dry=False, cores=16, only={step}) if s.name == step]
     c = gpu_check.Context(sys.executable, gpu_check.ROOT, tmp_path, tmp_path, None, False)
-    r = subprocess.run([*chosen.command(c), "--collect-only"], env=ENV, capture_output=True, text=True, timeout=120)
+    r = run_python(*chosen.command(c)[1:], "--collect-only", timeout=120, threads=None)
     collected = [ln.rpartition("::")[2] for ln in r.stdout.splitlines() if "::" in ln]
     assert collected == expected, r.stdout[-2000:]
 

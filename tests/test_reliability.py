@@ -3,9 +3,11 @@ worker killed mid-epoch, full disks, bad shards, bad configs and hostile files (
 "Reliability: what we promise and how it is tested").
 
 Tiny runs: ResNet-18 at 32 px, DALI on the CPU over the `shards` fixture (steps per epoch computed
-from its split), or the synthetic loader where no data is needed. Every subprocess
-has a timeout, so a hang fails the test. One OpenMP thread per process, so the runs stay fast when
-the machine is busy; two where a run must match the shared reference run (conftest.REFERENCE).
+from its split), or the synthetic loader where no data is needed. What needs a process of its own
+(signals, SIGKILL, torchrun) runs in one, with a timeout, and is marked slow; a run that only has to
+end in an error line and an exit code runs the trainer's main() in this process. One OpenMP thread
+per process, so the runs stay fast when the machine is busy; two where a run must match the shared
+reference run (conftest.REFERENCE).
 """
 
 import errno
@@ -14,9 +16,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -24,19 +23,23 @@ import pytest
 import torch
 from conftest import (
     BAD,
-    ENV,
     GOOD,
     REFERENCE,
-    REFERENCE_ENV,
+    SYNTH,
     TINY,
     Evil,
     assert_same_weights,
+    call_main,
     digests,
     final_state,
     make_shard,
     make_state,
+    ok,
+    run_python,
+    started,
     steps_per_epoch,
     tamper_index,
+    train,
     truncate,
 )
 
@@ -50,11 +53,7 @@ from train import trainer as trainer_mod
 from train.config import ConfigError, load_config
 from train.distributed import DistInfo
 
-ENV = {**ENV, "OMP_NUM_THREADS": "1"}
-ENV.pop(fault.ENV, None)
-TINY = [*TINY, "data.num_threads=1", "train.epochs=2"]
-SYNTH = ["data.loader=synthetic", "data.batch_size=8", "data.image_size=32", "data.val_image_size=32",
-         "model.name=resnet18", "model.num_classes=10", "train.epochs=2", "optim.warmup_epochs=0"]
+TWO_EPOCHS = [*TINY, "data.num_threads=1", "train.epochs=2"]  # the signal and torchrun runs, one thread each
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +61,10 @@ def steps(shards) -> int:
     """Training steps per epoch of TINY on the shards fixture."""
     return steps_per_epoch(shards)
 
-# `python -c FAULTY_SAVE args...` = `python -m train args...` whose checkpoint write number
-# $SAVE_FAULT_AT fails as $SAVE_FAULT says: "kill" writes half of the file, then SIGKILLs itself
-# (power cut mid-write); "enospc" writes a little, then raises ENOSPC (disk full).
-FAULTY_SAVE = """
-import errno, io, os, signal, sys
+# `python -c KILLED_SAVE args...` = `python -m train args...` that writes half of its checkpoint
+# number $KILL_AT_SAVE, then SIGKILLs itself (a power cut mid-write).
+KILLED_SAVE = """
+import io, os, signal, sys
 import torch
 from train.trainer import main
 
@@ -74,31 +72,17 @@ real_save, calls = torch.save, []
 
 def save(obj, f, *args, **kwargs):
     calls.append(1)
-    if len(calls) == int(os.environ["SAVE_FAULT_AT"]):
+    if len(calls) == int(os.environ["KILL_AT_SAVE"]):
         buf = io.BytesIO()
         real_save(obj, buf, *args, **kwargs)
         f.write(buf.getvalue()[: buf.tell() // 2])
         f.flush()
-        if os.environ["SAVE_FAULT"] == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 
 torch.save = save
 sys.exit(main(sys.argv[1:]))
 """
-
-
-def train(args, timeout=240, env=None, code=None):
-    """`python -m train args` (or `python -c code args`); returns the CompletedProcess."""
-    head = ["-c", code] if code else ["-m", "train"]
-    return subprocess.run([sys.executable, *head, *args], env={**ENV, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def ok(r) -> str:
-    assert r.returncode == 0, (r.stdout[-3000:] + r.stderr[-3000:])
-    return r.stdout + r.stderr
 
 
 def one_error_line(r, needle: str) -> str:
@@ -134,13 +118,13 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference_run, tm
     """SIGKILL half-way through writing the checkpoint after epoch 1: the epoch-0 checkpoint is
     what `resume: auto` takes, and the resumed run ends with the reference's weights and metrics."""
     reference = final_state(reference_run[0])
-    args, env = [*REFERENCE, data, f"run_dir={tmp_path}"], {"OMP_NUM_THREADS": REFERENCE_ENV["OMP_NUM_THREADS"]}
-    r = train(args, code=FAULTY_SAVE, env={**env, "SAVE_FAULT": "kill", "SAVE_FAULT_AT": "2"})
+    args = [*REFERENCE, data, f"run_dir={tmp_path}"]
+    r = train(args, code=KILLED_SAVE, env={"KILL_AT_SAVE": "2"})
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [ckpt.checkpoint_name(1, steps)]
     (torn,) = tmp_path.glob(f".{ckpt.checkpoint_name(2, 2 * steps)}.tmp-*")  # the killed write, never renamed
     assert 0 < torn.stat().st_size
-    out = ok(train(args, env=env))  # the same command again
+    out = ok(train(args))  # the same command again
     assert "removing" in out and torn.name in out and not torn.exists()
     resumed = tmp_path / ckpt.checkpoint_name(1, steps)
     assert f"resumed from {resumed}: epoch 1, step 0 of it, global step {steps}" in out
@@ -149,24 +133,15 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(data, reference_run, tm
     assert summary["finished"] and summary["final_top1"] == reference["history"][-1]["top1"]
 
 
-def watchdog(proc: subprocess.Popen, seconds: float) -> threading.Timer:
-    """Kill `proc` after `seconds`, so a hang fails the test instead of blocking it."""
-    t = threading.Timer(seconds, proc.kill)
-    t.start()
-    return t
-
-
+@pytest.mark.slow
 def test_sigint_writes_a_final_checkpoint_and_exits_0(data, tmp_path, steps):
-    proc = subprocess.Popen([sys.executable, "-m", "train", *TINY, data, f"run_dir={tmp_path}"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    dog = watchdog(proc, 120)
     lines = []
-    for line in proc.stdout:  # Ctrl-C mid-epoch 0, right after its fourth step
-        lines.append(line)
-        if line.startswith(f"epoch 0 step 4/{steps}"):
-            proc.send_signal(signal.SIGINT)
-    rc = proc.wait(timeout=60)
-    dog.cancel()
+    with started("-m", "train", *TWO_EPOCHS, data, f"run_dir={tmp_path}", threads=1) as proc:
+        for line in proc.stdout:  # Ctrl-C mid-epoch 0, right after its fourth step
+            lines.append(line)
+            if line.startswith(f"epoch 0 step 4/{steps}"):
+                proc.send_signal(signal.SIGINT)
+        rc = proc.wait()
     out = "".join(lines)
     assert rc == 0 and "Traceback" not in out, out[-3000:]
     state = final_state(tmp_path)
@@ -175,16 +150,17 @@ def test_sigint_writes_a_final_checkpoint_and_exits_0(data, tmp_path, steps):
     assert not json.loads((tmp_path / "summary.json").read_text())["finished"]
 
 
+@pytest.mark.slow
 def test_torchrun_restarts_after_a_worker_is_killed_mid_epoch(shards, tmp_path):
     """torchrun --max-restarts 1, 2 CPU ranks (gloo): rank 1 SIGKILLs itself at epoch 1 step 5
     (train/fault.py); the restarted group resumes from the epoch-0 checkpoint, finishes, and
     evaluates every validation image exactly once."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--max-restarts", "1", "-m", "train",
-           *[a for a in TINY if not a.startswith(("optim.mixup", "optim.ema", "train.deterministic"))],
-           f"data.path={shards}", "train.log_every=4", f"run_dir={run_dir}"]
-    r = subprocess.run(cmd, env={**ENV, fault.ENV: "1:5"}, capture_output=True, text=True, timeout=300)
+    r = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+                   "-m", "train",
+                   *[a for a in TWO_EPOCHS if not a.startswith(("optim.mixup", "optim.ema", "train.deterministic"))],
+                   f"data.path={shards}", "train.log_every=4", f"run_dir={run_dir}",
+                   threads=1, env={fault.ENV: "1:5"}, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "fault injection: SIGKILL at epoch 1 step 5" in out and (run_dir / fault.MARKER).exists()
@@ -234,14 +210,23 @@ def test_checkpoint_write_failure_leaves_the_previous_one(tmp_path, monkeypatch,
     assert path == good and back["global_step"] == 10
 
 
-def test_trainer_disk_full_exits_2_then_resumes(tmp_path):
+def test_trainer_disk_full_exits_2_then_resumes(tmp_path, monkeypatch):
+    """The disk fills up during the second checkpoint write (some bytes reach it first): exit 2,
+    one line naming the file; the same command afterwards resumes from the first checkpoint."""
     args = [*SYNTH, f"run_dir={tmp_path}"]
-    r = train(args, code=FAULTY_SAVE, env={"SAVE_FAULT": "enospc", "SAVE_FAULT_AT": "2"})
-    one_error_line(r, f"error: {tmp_path / 'ckpt-e0002-s00000016.pt'}: cannot write checkpoint "
-                      "(No space left on device)")
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        saves.append(1)
+        return (_half_then_enospc if len(saves) == 2 else real_save)(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    one_error_line(call_main(trainer_mod.main, args),
+                   f"error: {tmp_path / 'ckpt-e0002-s00000016.pt'}: cannot write checkpoint (No space left on device)")
+    monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.glob("*.pt*")) == ["best.pt", "ckpt-e0001-s00000008.pt"]
     assert not list(tmp_path.glob(".*"))  # no temporary file left
-    out = ok(train(args))
+    out = ok(call_main(trainer_mod.main, args))
     assert "resumed from" in out and "global step 8" in out
     assert final_state(tmp_path)["epoch"] == 2
 
@@ -315,17 +300,17 @@ TRAIN_TIME = {  # case -> (bad sample or None, damage, what the one error line m
 @pytest.mark.parametrize(("case", "loader"), [*((c, "dali") for c in sorted(TRAIN_TIME)),
                                               ("corrupt jpg", "baseline"), ("truncated inside a member", "baseline")])
 def test_bad_shard_stops_training_with_one_line(tmp_path, case, loader):
-    """`python -m train` on a bad shard: exit 2, one `error:` line (the last on stderr) naming the
-    shard and the sample key, no traceback, no hang."""
+    """The trainer on a bad shard (its main(), in this process): exit 2, one `error:` line (the
+    last on stderr) naming the shard and the sample key, no traceback, no hang."""
     bad, damage, pattern = TRAIN_TIME[case]
     out = bad_dataset(tmp_path / "d", GOOD[:3] + [("kbad", bad)] + GOOD[3:] if bad else GOOD)
     if damage:
         damage(out)
     # workers=0: the baseline reads in the trainer's process (its workers' error path: test_pipeline.py)
-    r = train([f"data.loader={loader}", f"data.path={out}", "data.batch_size=3", "data.num_threads=1",
-               "data.workers=0", "data.image_size=32", "data.val_image_size=32", "model.name=resnet18",
-               "model.num_classes=2", "train.epochs=1", "optim.warmup_epochs=0", f"run_dir={tmp_path / 'run'}"],
-              timeout=120)
+    r = call_main(trainer_mod.main, [
+        f"data.loader={loader}", f"data.path={out}", "data.batch_size=3", "data.num_threads=1", "data.workers=0",
+        "data.image_size=32", "data.val_image_size=32", "model.name=resnet18", "model.num_classes=2",
+        "train.epochs=1", "optim.warmup_epochs=0", f"run_dir={tmp_path / 'run'}"])
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert errors[0] == r.stderr.strip().splitlines()[-1]
@@ -386,7 +371,8 @@ def test_verify_names_the_bad_sample(shards, tmp_path, capsys, case):
 ], ids=["no data path", "missing data folder", "batch larger than the rank's share"])
 def test_bad_data_config_one_line_before_any_work(shards, tmp_path, extra, needle):
     extra = [a.format(tmp=tmp_path, shards=shards) for a in extra]
-    r = train(["model.name=resnet18", "model.num_classes=10", *extra, f"run_dir={tmp_path / 'run'}"], timeout=120)
+    r = call_main(trainer_mod.main, ["model.name=resnet18", "model.num_classes=10", *extra,
+                                     f"run_dir={tmp_path / 'run'}"])
     one_error_line(r, needle.format(tmp=tmp_path, n=load_split(shards, "train").num_samples))
     assert r.stdout == "" and not (tmp_path / "run").exists()
 
@@ -423,21 +409,21 @@ def test_fault_hook_fires_once_on_the_last_rank_only(monkeypatch, tmp_path):
 def test_trainer_refuses_a_pickle_that_runs_code(tmp_path, key):
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"model": {"w": Evil(marker)}}, evil)
-    r = train([*SYNTH, f"{key}={evil}", f"run_dir={tmp_path / 'run'}"], timeout=120)
+    r = call_main(trainer_mod.main, [*SYNTH, f"{key}={evil}", f"run_dir={tmp_path / 'run'}"])
     line = one_error_line(r, f"error: {evil}: ")
     assert "weights_only" in line or "weights-only" in line
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_rank_with_a_bad_shard_stops_the_whole_torchrun_job(tmp_path):
     """2 ranks: only rank 0's share holds the corrupt sample. Rank 0 prints its one line and exits
     at once; torchrun stops rank 1, which would otherwise wait in a collective for the timeout."""
     out = bad_dataset(tmp_path / "d", GOOD[:3] + [("kbad", BAD["corrupt jpg"][0])] + GOOD[3:])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
-           "data.loader=dali", f"data.path={out}", "data.batch_size=2", "data.num_threads=1", "data.image_size=32",
-           "data.val_image_size=32", "model.name=resnet18", "model.num_classes=2", "train.epochs=2",
-           "optim.warmup_epochs=0", f"run_dir={tmp_path / 'run'}"]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    r = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train",
+                   "data.loader=dali", f"data.path={out}", "data.batch_size=2", "data.num_threads=1",
+                   "data.image_size=32", "data.val_image_size=32", "model.name=resnet18", "model.num_classes=2",
+                   "train.epochs=2", "optim.warmup_epochs=0", f"run_dir={tmp_path / 'run'}", threads=1, timeout=180)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-3000:]
     assert "x-train-000000.tar: sample kbad: jpg does not decode" in errors[0]

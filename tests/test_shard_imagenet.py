@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from conftest import digests, tamper_index
+from conftest import digests, ok, run_python, started, tamper_index
 from PIL import Image
 
 from pipeline.shards import read_idx
 from tools import shard_imagenet
 
-TOOL = [sys.executable, str(Path(shard_imagenet.__file__))]
+TOOL = Path(shard_imagenet.__file__)  # run as a script, the way the README shows it
 
 
 def read_split(out: Path, split: str) -> list[dict]:
@@ -82,7 +82,7 @@ def test_index_matches_wds2idx_and_dali_reads_it(shards, tmp_path):
     info = json.loads((shards / "_info.json").read_text())["splits"]["train"]
     tars = [str(shards / f) for f in info["filenames"]]
     wds2idx = Path(sys.executable).parent / "wds2idx"
-    subprocess.run([str(wds2idx), tars[0], str(tmp_path / "ref.idx")], check=True, capture_output=True)
+    subprocess.run([str(wds2idx), tars[0], str(tmp_path / "ref.idx")], check=True, capture_output=True, timeout=60)
     assert (tmp_path / "ref.idx").read_text() == Path(tars[0]).with_suffix(".idx").read_text()
 
     @pipeline_def(batch_size=8, num_threads=1, device_id=None)
@@ -131,17 +131,16 @@ def test_rejects_path_traversal_in_archives(tmp_path):
 
 
 def test_kill_and_resume_is_byte_identical(synthetic, tmp_path):
-    args = ["--src", str(synthetic.root), "--samples-per-shard", "4", "--workers", "1"]
+    args = [TOOL, "--src", synthetic.root, "--samples-per-shard", 4, "--workers", 1]
     ref, out = tmp_path / "ref", tmp_path / "out"
-    subprocess.run(TOOL + args + ["--out", str(ref)], check=True, capture_output=True)
-    proc = subprocess.Popen(TOOL + args + ["--out", str(out)], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(list((out / ".shard_state").glob("*.tar.json"))) < 5 and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert shard_imagenet.main([*map(str, args[1:]), "--out", str(ref)]) == 0  # the reference, in this process
+    with started(*args, "--out", out) as proc:
+        while len(list((out / ".shard_state").glob("*.tar.json"))) < 5 and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert not (out / "_info.json").exists()  # killed mid-way
-    subprocess.run(TOOL + args + ["--out", str(out)], check=True, capture_output=True)
+    ok(run_python(*args, "--out", out, timeout=120))
     assert digests(out) == digests(ref)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
 

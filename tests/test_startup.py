@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import webdataset as wds
+from conftest import run_python
 from PIL import Image
 
 from benchmarks import startup
@@ -21,8 +21,6 @@ from pipeline.shards import format_idx, idx_path, load_split, read_idx
 from tools.make_tiny_shards import make_tiny_shards, ustar_header
 from tools.shard_writer import TarIndexWriter
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 SIZE = 16
 
 
@@ -86,7 +84,7 @@ def test_index_is_what_wds2idx_writes(tiny, tmp_path):
     if not wds2idx.exists():
         pytest.skip("no wds2idx beside this python (DALI's tool)")
     tar = tiny / "imagenet1k-train-000005.tar"
-    subprocess.run([str(wds2idx), str(tar), str(tmp_path / "x.idx")], check=True, capture_output=True)
+    subprocess.run([str(wds2idx), str(tar), str(tmp_path / "x.idx")], check=True, capture_output=True, timeout=60)
     assert (tmp_path / "x.idx").read_bytes() == idx_path(tar).read_bytes()
 
 
@@ -122,17 +120,17 @@ def test_turnover_is_the_boundary_gap_less_the_median_interval():
 
 def test_first_batch_counts_from_process_start():
     code = "import time; time.sleep(0.5); from benchmarks.startup import T_START, T_MODULE; print(T_MODULE - T_START)"
-    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
-    assert 0.45 <= float(out.stdout) < 5  # the sleep before the import is counted
+    out = run_python("-c", code, timeout=60)
+    assert out.returncode == 0 and 0.45 <= float(out.stdout) < 5, out.stderr  # the sleep before the import is counted
 
 
 @pytest.mark.parametrize(("loader", "rank", "world"), [("dali", 1, 3), ("baseline", 0, 1)])
 def test_startup_benchmark_writes_every_figure(tiny, tmp_path, loader, rank, world):
     out = tmp_path / "s.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.startup", "--data", str(tiny), "--device", "cpu",
-                    "--loader", loader, "--image-size", str(SIZE), "--batch-size", "64", "--epochs", "3",
-                    "--threads", "2", "--rank", str(rank), "--world", str(world), "--json", str(out)],
-                   env=ENV, check=True, capture_output=True, timeout=300)
+    r = run_python("-m", "benchmarks.startup", "--data", tiny, "--device", "cpu", "--loader", loader,
+                   "--image-size", SIZE, "--batch-size", 64, "--epochs", 3, "--threads", 2, "--rank", rank,
+                   "--world", world, "--json", out, threads=None, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
     r = json.loads(out.read_text())
     info = json.loads((tiny / "_info.json").read_text())["splits"]["train"]
     n, (per_shard,) = sum(info["shard_lengths"]), set(info["shard_lengths"])  # equal shards: any order

@@ -1,16 +1,12 @@
 """The training config: typed YAML + dotted overrides, and errors that name the key."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import PYTHONPATH
+from conftest import ROOT, call_main, run_python
 
+from train import trainer
 from train.config import Config, ConfigError, from_dict, load_config, to_dict
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, text: str) -> Path:
@@ -96,25 +92,31 @@ def test_python_tags_are_refused(tmp_path):
     assert not marker.exists()
 
 
-def run_cli(args, cwd):
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 @pytest.mark.parametrize("args, key", [
     (["optim.lrr=0.1"], "unknown key 'optim.lrr'"),
     (["train.epochs=many"], "'train.epochs' must be int"),
     (["train.amp=fp8"], "'train.amp'"),
     (["--config", "c.yaml"], "not safe YAML"),
     (["data.pad_channels=true"], "'model.in_channels' is 3"),
+    (["--epochs", "3"], "unrecognized arguments: --epochs"),  # a flag the command does not have
 ])
-def test_cli_exits_2_before_any_work(tmp_path, args, key):
+def test_cli_exits_2_before_any_work(tmp_path, monkeypatch, args, key):
     (tmp_path / "c.yaml").write_text("train: !!python/object/new:dict {}\n")
-    r = run_cli([*args, "run_dir=out", "data.loader=synthetic"], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    r = call_main(trainer.main, [*args, "run_dir=out", "data.loader=synthetic"])
     assert r.returncode == 2, r.stderr
-    assert key in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not (tmp_path / "out").exists()
+    assert key in r.stderr.strip().splitlines()[-1], r.stderr
+    if not args[0].startswith("--epochs"):  # argparse prints its usage line first
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_the_command_exits_2_with_the_same_line(tmp_path):
+    """`python -m train` end to end: the exit code and the one line of its main()."""
+    args = ["optim.lrr=0.1", "run_dir=out", "data.loader=synthetic"]
+    r = run_python("-m", "train", *args, cwd=tmp_path, timeout=120)
+    assert (r.returncode, r.stderr) == (2, call_main(trainer.main, args).stderr), r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -2,29 +2,24 @@
 validation image once (50 images over 2 ranks x batch 8: not a multiple of 16)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from conftest import PYTHONPATH, steps_per_epoch
+import pytest
+from conftest import run_python, steps_per_epoch
 
 from pipeline.shards import load_split
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
+@pytest.mark.slow
 def test_torchrun_two_processes_count_each_val_image_once(shards, tmp_path):
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train",
+    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train",
             "data.loader=dali", f"data.path={shards}", "data.batch_size=8", "data.num_threads=1",
             "data.image_size=32", "data.val_image_size=32", "model.name=resnet18", "model.num_classes=10",
             "train.epochs=2", "train.log_every=4", "optim.warmup_epochs=0.5", "optim.base_lr=0.32",
             f"run_dir={run_dir}"]
     outs = []
     for extra in (["train.stop_after_epoch=1"], []):  # stop after epoch 0, then resume on both ranks
-        r = subprocess.run(args + extra, env=env, capture_output=True, text=True, timeout=300)
+        r = run_python(*args, *extra, threads=1, timeout=300)
         outs.append(r.stdout + r.stderr)
         assert r.returncode == 0, outs[-1][-4000:]
     steps = steps_per_epoch(shards, ranks=2)  # the smaller rank's full batches of 8

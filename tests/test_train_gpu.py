@@ -3,39 +3,30 @@ where DALI is missing): bf16 / fp16 + fused SGD with GradScaler, 4 input channel
 and CUDA graphs; each must train and count every validation image once. Each rank's GPU RNG."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHONPATH
+from conftest import train
 
 from pipeline.shards import load_split
 from train.config import load_config
 from train.trainer import set_determinism
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 RUNS = {"bf16": ["train.amp=bf16"], "fp16": ["train.amp=fp16"], "4-channels": ["data.pad_channels=true",
          "model.in_channels=4"], "compile": ["train.compile=default"], "cuda-graphs": ["train.compile=reduce-overhead"]}
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", RUNS.values(), ids=RUNS.keys())
 @pytest.mark.parametrize("loader", ["baseline", "dali"])
 def test_gpu_run(shards, tmp_path, loader, extra):
     if loader == "dali":
         pytest.importorskip("nvidia.dali", reason="DALI is not installed (tier 1 of the GPU check runs without it)")
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    r = subprocess.run(
-        [sys.executable, "-m", "train", f"data.loader={loader}", f"data.path={shards}", "data.batch_size=16",
-         "data.image_size=64", "data.val_image_size=64", "model.name=resnet50", "model.num_classes=10",
-         "train.epochs=2", "optim.warmup_epochs=1", "train.log_every=4", "optim.ema_decay=0.99",
-         f"run_dir={tmp_path}", *extra],
-        env=env, capture_output=True, text=True, timeout=600)
+    r = train([f"data.loader={loader}", f"data.path={shards}", "data.batch_size=16", "data.image_size=64",
+               "data.val_image_size=64", "model.name=resnet50", "model.num_classes=10", "train.epochs=2",
+               "optim.warmup_epochs=1", "train.log_every=4", "optim.ema_decay=0.99", f"run_dir={tmp_path}", *extra],
+              threads=None, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "device cuda:0" in r.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
