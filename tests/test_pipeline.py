@@ -4,12 +4,10 @@ the benchmarks' pipelines cut short from them."""
 import io
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import BAD, ENV, GOOD, jpeg_bytes, make_shard, shard_labels, tamper_index, truncate
+from conftest import BAD, GOOD, jpeg_bytes, make_shard, run_python, shard_labels, tamper_index, truncate
 from PIL import Image
 
 from benchmarks.stages import dali_stage
@@ -264,8 +262,7 @@ def test_baseline_benchmarks_run_without_dali(shards, tmp_path):
     out = tmp_path / "p.json"
     args = ["--data", str(shards), "--device", "cpu", "--loaders", "baseline", "--json", str(out), "--batch-size",
             "8", "--image-size", "32", "--warmup", "1", "--steps", "1", "--repeats", "1", "--threads", "1"]
-    r = subprocess.run([sys.executable, "-c", WITHOUT_DALI, *args], env=ENV, capture_output=True, text=True,
-                       timeout=180)
+    r = run_python("-c", WITHOUT_DALI, *args, timeout=180, threads=None)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["loaders"]) == {"baseline"} and set(result["loaders"]["baseline"]) == {"read", "decode", "train"}
