@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import process_env, run_python, started
 
-from benchmarks import gpu_check, gpu_data, gpu_figures
+from benchmarks import gpu_check, gpu_data, gpu_figures, hw_decoder, preflight
 from benchmarks.gpu_plan import plan
 
 # A visit: 15 minutes in all, for the machine's start, tier 1 (carrying bundle part 1), the other
@@ -225,3 +227,35 @@ def test_an_only_rerun_keeps_the_other_steps_files(tmp_path):
     gpu_check.main(["--tier", "1", "--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
                     "--only", "torchvision", "--deadline", "0"])
     assert (staging / "suite_baseline.json").exists() and not (staging / "torchvision.log").exists()
+
+
+def test_preflight_names_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert preflight.main(["--json", str(out), "--dry-run"]) == 0  # the CPU rehearsal needs no GPU
+    r = json.loads(out.read_text())
+    assert r["torch"] == torch.__version__ and r["missing"] == [] and "nvidia.dali" not in r
+    if not torch.cuda.is_available():
+        assert preflight.main(["--json", str(out), "--dali"]) == 1
+        r = json.loads(out.read_text())
+        assert r["gpu"] is None and r["dali"] and "a CUDA device (torch.cuda.is_available() is False)" in r["missing"]
+
+
+def test_engine_watch_reads_the_jpeg_engines_column():
+    dmon = ["# gpu     sm    mem    enc    dec    jpg    ofa\n", "# Idx      %      %      %      %      %      %\n",
+            "    0     12      3      0      0     45      0\n", "    0     80      9      -      0     70      0\n"]
+    watch = hw_decoder.EngineWatch()
+    watch._proc = SimpleNamespace(stdout=iter(dmon))
+    watch._read()
+    assert watch.peaks() == {"sm": 80.0, "mem": 9.0, "enc": 0.0, "dec": 0.0, "jpg": 70.0, "ofa": 0.0}
+
+
+def test_hw_decoder_compares_the_loads_stage_by_stage(shards, tmp_path):
+    out = tmp_path / "hw.json"
+    assert hw_decoder.main(["--data", str(shards), "--device", "cpu", "--batch-size", "8", "--image-size", "32",
+                            "--threads", "1", "--warmup", "1", "--steps", "1", "--repeats", "1", "--json",
+                            str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["loads"]) == {"0", "0.65"}
+    for load in r["loads"].values():
+        assert set(load["stages"]) == {"decode", "train"} and load["stages"]["decode"]["img_per_s"] > 0
+    assert gpu_figures.hw_decoder_figures(r).keys() >= {"hw0_decode_img_s", "hw0.65_train_img_s"}
