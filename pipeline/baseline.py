@@ -27,6 +27,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline import shards
 from pipeline.augment import FLIP_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box, val_resize_shorter
 from pipeline.base import Batch, Loader, epoch_seed, rank_range
 from pipeline.check import REQUIRED, check_index
@@ -38,7 +39,7 @@ Transform = Callable[[dict, random.Random], object]  # a sample (webdataset dict
 
 def sample_name(sample: dict) -> str:
     """'shard.tar: sample KEY' of a webdataset sample, for errors."""
-    return f"{sample['__url__']}: sample {sample['__key__']}"
+    return shards.sample_name(sample["__url__"], sample["__key__"])
 
 
 def decode(sample: dict) -> Image.Image:

@@ -38,6 +38,7 @@ from pipeline.shards import (
     idx_path,
     parse_idx_line,
     read_idx,
+    sample_name,
     scan_tar,
 )
 
@@ -89,7 +90,7 @@ def preflight(split: SplitInfo) -> None:
             members = parse_idx_line(line, idx)
             missing = [need for need in REQUIRED if need not in {m.ext for m in members}]
             if missing:
-                raise ShardError(f"{tar}: sample {members[0].key} has no {missing[0]}")
+                raise ShardError(f"{sample_name(tar, members[0].key)} has no {missing[0]}")
         members = parse_idx_line(last, idx)
         if max(m.offset + m.size for m in members) + 2 * TAR_BLOCK > os.path.getsize(tar):
             raise ShardError(f"{tar}: truncated at sample {members[0].key} (the index points past "
@@ -133,7 +134,7 @@ def sample_problems(tar: Path, samples: list[list[Member]], num_classes: int | N
     with open(tar, "rb") as f:
         for members in samples:
             by_ext = {m.ext: m for m in members}
-            name = f"{tar}: sample {members[0].key}"
+            name = sample_name(tar, members[0].key)
             missing = [e for e in REQUIRED if e not in by_ext]
             if missing:
                 yield f"{name} has no {missing[0]}"

@@ -19,6 +19,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import DataNode, Pipeline
 
+from pipeline import shards
 from pipeline.augment import (
     ASPECT_RANGE,
     CROP_ATTEMPTS,
@@ -139,7 +140,7 @@ def sample_name(sources, i: int) -> str:
     info = bytes(np.asarray(sources[i])).decode()
     tar, _, member = info.rpartition(":")
     tar = tar.rpartition(":")[0] or tar
-    return f"{tar}: sample {member.split('.', 1)[0]}"
+    return shards.sample_name(tar, member.split(".", 1)[0])
 
 
 def build_pipeline(cfg: DataConfig, inputs: ReaderInputs, device_id: int | None, seed: int,

@@ -59,6 +59,11 @@ class SplitInfo:
         return sum(self.shard_lengths)
 
 
+def sample_name(tar: str | Path, key: str) -> str:
+    """How every error names a sample: 'shard.tar: sample KEY'."""
+    return f"{tar}: sample {key}"
+
+
 def idx_path(tar_path: str | Path) -> Path:
     """The DALI index file beside a shard: `x.tar` -> `x.idx`."""
     p = Path(tar_path)
