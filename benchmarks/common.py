@@ -14,7 +14,7 @@ from pipeline.base import Loader
 from pipeline.config import DataConfig, dali_threads
 from pipeline.loader import build_loader
 from pipeline.shards import load_split
-from pipeline.throughput import untimed_per_epoch
+from pipeline.throughput import check_window
 from train.provenance import provenance
 
 IMAGENET_CLASSES = 1000
@@ -60,12 +60,11 @@ def timed_loader(args: argparse.Namespace, loader: str, split: str, device: torc
     """The loader `loader` for `split`, once one timed window fits in its epoch (after the epoch's
     untimed lead-in); else SystemExit with one `error:` line naming the flags to change."""
     built = build_loader(data_config(args, loader), split, 0, 1, device, classes)
-    lead, steps = untimed_per_epoch(args.warmup), window_steps(args, device)
-    if len(built) < lead + steps:
-        raise SystemExit(f"error: {args.data} ({split}, {loader}): an epoch is {len(built)} batches of "
-                         f"{args.batch_size}, but a timed window needs {lead} untimed (--warmup) + {steps} "
-                         f"timed (--steps) batches inside one epoch: lower --steps, --warmup or --batch-size, "
-                         "or give more data")
+    try:
+        check_window(len(built), args.warmup, window_steps(args, device))
+    except ValueError as e:
+        raise SystemExit(f"error: {args.data} ({split}, {loader}, batch {args.batch_size}): {e}: lower --steps, "
+                         "--warmup or --batch-size, or give more data") from None
     return built
 
 

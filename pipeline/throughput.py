@@ -25,6 +25,15 @@ def untimed_per_epoch(warmup: int) -> int:
     return max(warmup, 1)
 
 
+def check_window(epoch_batches: int, warmup: int, steps: int) -> None:
+    """ValueError unless one timed window of `steps` batches, after an epoch's untimed lead-in,
+    fits in an epoch of `epoch_batches`."""
+    lead = untimed_per_epoch(warmup)
+    if lead + steps > epoch_batches:
+        raise ValueError(f"an epoch of {epoch_batches} batches cannot hold {lead} untimed (--warmup) + {steps} "
+                         "timed (--steps) batches, and a timed window must lie inside one epoch")
+
+
 def rate(batches: Iterator, count: Callable[[object], int], device: torch.device, warmup: int, steps: int,
          repeats: int, epoch_batches: int | None = None) -> dict:
     """Items/s of an endless batch iterator: the median of `repeats` timed windows of `steps`
@@ -39,8 +48,8 @@ def rate(batches: Iterator, count: Callable[[object], int], device: torch.device
     """
     epoch = math.inf if epoch_batches is None else epoch_batches
     lead = warmup if epoch_batches is None else untimed_per_epoch(warmup)
-    if lead + steps > epoch:
-        raise ValueError(f"an epoch of {epoch_batches} batches cannot hold {lead} untimed + {steps} timed batches")
+    if epoch_batches is not None:
+        check_window(epoch_batches, warmup, steps)
     left, runs = 0, []  # batches left in the current epoch (0: the next one starts an epoch)
     for _ in range(repeats):
         if left < steps:  # read the rest of this epoch and the next one's lead-in untimed
