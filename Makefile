@@ -40,7 +40,8 @@ demo: $(DEMO)/shards/_info.json
 PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 # The fast tier: everything but the tests marked slow (trainer processes, torchrun, the demo, the
-# GPU check's dry run); every module still runs. README "Tests" has the times of both tiers.
+# GPU check's dry run); every project module still runs. README "Tests" has the times of both
+# tiers and the fast tier's coverage.
 test: setup
 	$(PYTEST) -m "not slow" --durations=15
 

@@ -1,6 +1,6 @@
 """Shared fixtures and helpers: a small synthetic ImageNet and its shards (made once per test
-session), the tiny training run, the one way tests start a process or run a command's main() in
-this one, shard builders and damage, and checkpoint comparisons."""
+session), the tiny training run, how tests start a process or run a command's main() in this one
+(run_python, started, train, call_main), shard builders and damage, and checkpoint comparisons."""
 
 import hashlib
 import io
@@ -71,15 +71,19 @@ def run_python(*argv, timeout: float, threads: int | None = REFERENCE_THREADS, e
 @contextmanager
 def started(*argv, threads: int | None = REFERENCE_THREADS) -> Iterator[subprocess.Popen]:
     """`python *argv` started, not waited for, with stdout and stderr merged into `.stdout` (for
-    tests that signal it on a given line). Killed on leaving the block if still running, so a test
-    that fails or times out (pytest-timeout) leaves no process behind."""
+    tests that signal it on a given line). Stopped on leaving the block if still running (SIGTERM, then
+    SIGKILL after 10 s), so a test that fails or times out (pytest-timeout) leaves no process behind."""
     proc = subprocess.Popen([sys.executable, *map(str, argv)], env=process_env(threads), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # SIGTERM first: a process that runs others (gpu_check) stops them
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait()
         proc.stdout.close()
 
@@ -97,40 +101,60 @@ def ok(r: subprocess.CompletedProcess) -> str:
     return r.stdout + r.stderr
 
 
-def call_main(main, argv, threads: int = 1) -> subprocess.CompletedProcess:
-    """`main(argv)` run in this process as `sys.exit(main())` would run it (argparse's exit 2 on a
-    bad flag included), on `threads` torch threads: its exit code and what it printed, as
-    `run_python` gives them for a new process. What a trainer run changes in the process is put
-    back after it: the RNGs, deterministic mode, cuDNN autotuning, the SIGINT and SIGTERM handlers,
-    CUBLAS_WORKSPACE_CONFIG."""
-    argv = [str(a) for a in argv]
+@contextmanager
+def restored_process_state() -> Iterator[None]:
+    """Put back, on leaving the block, what a trainer run (or its set_determinism) changes in this
+    process: the host and CUDA RNGs, deterministic mode, cuDNN autotuning and TF32, the torch thread
+    count, the SIGINT and SIGTERM handlers, and the environment."""
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rngs = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    host_rngs = random.getstate(), np.random.get_state()
     modes = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     environ = dict(os.environ)
-    os.environ.pop(fault.ENV, None)
-    out, err = io.StringIO(), io.StringIO()
     try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        random.setstate(host_rngs[0])
+        np.random.set_state(host_rngs[1])
+        torch.use_deterministic_algorithms(modes[0], warn_only=modes[1])
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = modes[2:]
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        for key in set(os.environ) - set(environ):  # only what changed: other threads may read it meanwhile
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def call_main(main, argv, threads: int = 1) -> subprocess.CompletedProcess:
+    """`main(argv)` run in this process as `sys.exit(main())` would run it (argparse's exit 2 on a
+    bad flag, and a SystemExit("error: ...") as its line on stderr and exit 1, included), on
+    `threads` torch threads: its exit code and what it printed, as `run_python` gives them for a
+    new process. What a trainer run changes in the process is put back (restored_process_state)."""
+    argv = [str(a) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    with restored_process_state():
+        torch.set_num_threads(threads)
+        os.environ.pop(fault.ENV, None)
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(argv)
-            except SystemExit as e:  # argparse; exit codes as sys.exit gives them
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
                 code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        torch.set_num_threads(torch_threads)
-        torch.set_rng_state(rngs[0])
-        random.setstate(rngs[1])
-        np.random.set_state(rngs[2])
-        torch.use_deterministic_algorithms(modes[0], warn_only=modes[1])
-        torch.backends.cudnn.benchmark = modes[2]
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        os.environ.clear()
-        os.environ.update(environ)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def drain(loader) -> None:
+    """Read epoch 0 of `loader` to its end (to meet whatever error it holds)."""
+    for _ in loader.epoch(0):
+        pass
 
 
 SLOW_TIMEOUT_S = 900  # pyproject's timeout is for the rest

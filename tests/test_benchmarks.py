@@ -4,7 +4,6 @@ import json
 import runpy
 import shutil
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,6 @@ from benchmarks.verdict import ADVICE, CONTENTION, mfu, verdict
 from pipeline import throughput
 from train.summary import loop_verdict, wait_histogram
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--batch-size", "8", "--image-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "2",
          "--threads", "2", "--shuffle-buffer", "16"]
 
@@ -97,12 +95,16 @@ def test_rate_without_epochs_times_back_to_back_and_refuses_short_epochs():
         throughput.rate(endless(ShortEpochs(4, 8).epoch), len, torch.device("cpu"), 0, 4, 1, epoch_batches=4)
 
 
+def forcing(real, forced):
+    """`real` (a rate function), whose reported rate is replaced by the next of `forced`."""
+    return lambda *args: {**real(*args), "per_s": next(forced)}
+
+
 def test_pipeline_bench_writes_every_field(shards, tmp_path, monkeypatch):
     # Every stage runs and is timed; the rate it reports is then replaced by a known one, so the
     # ratio has a value of its own: DALI's train rate 300 over the baseline's 100.
     forced = iter([9000.0, 900.0, 300.0, 8000.0, 800.0, 100.0])  # dali read, decode, train; baseline the same
-    real_rate = pipeline_bench.rate
-    monkeypatch.setattr(pipeline_bench, "rate", lambda *a: {**real_rate(*a), "per_s": next(forced)})
+    monkeypatch.setattr(pipeline_bench, "rate", forcing(pipeline_bench.rate, forced))
     out = tmp_path / "p.json"
     args = ["--data", str(shards), "--device", "cpu", "--json", str(out), "--loaders", "dali,baseline",
             "--stages", "read,decode,train", *SMALL]
@@ -129,11 +131,6 @@ def test_pipeline_bench_on_timm_layout_needs_no_class_list(shards, tmp_path):
     assert pipeline_bench.main(args) == 0  # default: ImageNet's 1000 classes
 
 
-def forcing(real, forced):
-    """`real` (a rate function), whose reported rate is replaced by the next of `forced`."""
-    return lambda *args: {**real(*args), "per_s": next(forced)}
-
-
 def test_rate_is_the_median_of_timed_repeats(monkeypatch):
     """Batches of 4 items on a fake clock: after an untimed warm-up batch, repeats of 2 batches
     taking 1, 4 and 2 s give 8, 2 and 4 items/s, median 4."""
@@ -144,7 +141,7 @@ def test_rate_is_the_median_of_timed_repeats(monkeypatch):
             clock[0] += next(durations)
             yield [0] * 4
 
-    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     r = throughput.rate(batches(), len, torch.device("cpu"), warmup=1, steps=2, repeats=3)
     assert r == {"per_s": 4.0, "repeats": [8.0, 2.0, 4.0]}
 

@@ -3,7 +3,7 @@ reason at once). Messages as DALI words them, and real DALI errors raised on the
 
 import pytest
 import torch
-from conftest import GOOD, make_shard
+from conftest import GOOD, drain, make_shard
 
 from pipeline import check
 from pipeline.config import DataConfig
@@ -76,11 +76,6 @@ def test_dali_reason_is_the_operator_and_what_it_encountered(message, reason):
 
 def small(out, **kw) -> DataConfig:
     return DataConfig(path=str(out), batch_size=4, image_size=32, num_threads=1, shuffle_buffer=4, **kw)
-
-
-def drain(loader) -> None:
-    for _ in loader.epoch(0):
-        pass
 
 
 def no_search(*args, **kwargs):

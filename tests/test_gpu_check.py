@@ -179,7 +179,8 @@ def test_tier_1_dry_run_runs_every_step_without_dali(tmp_path):
         suite["end_to_end"]["baseline"]["per_s"], rel=1e-3)
     assert "nvidia.dali" not in json.loads((work / "tier1" / "preflight.json").read_text())
     blocked = subprocess.run([sys.executable, "-c", "import nvidia.dali"], env=gpu_check.environment(
-        gpu_check.Context(sys.executable, gpu_check.ROOT, work, out, None, True), 1), capture_output=True, text=True)
+        gpu_check.Context(sys.executable, gpu_check.ROOT, work, out, None, True), 1), capture_output=True, text=True,
+        timeout=60)
     assert blocked.returncode != 0 and "blocked" in blocked.stderr  # what every tier-1 step ran under
     assert rc == (1 if any(x["status"] in ("failed", "timeout") for x in r.values()) else 0)
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import BAD, GOOD, jpeg_bytes, make_shard, run_python, shard_labels, tamper_index, truncate
+from conftest import BAD, GOOD, drain, jpeg_bytes, make_shard, run_python, shard_labels, tamper_index, truncate
 from PIL import Image
 
 from benchmarks.stages import dali_stage
@@ -154,11 +154,6 @@ def test_bad_sample_names_shard_and_key(tmp_path, loader, case):
     with pytest.raises(ShardError, match=needle) as e:
         drain(build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU))
     assert "x-train-000000" in str(e.value) and "\n" not in str(e.value)
-
-
-def drain(loader) -> None:
-    for _ in loader.epoch(0):
-        pass
 
 
 @pytest.mark.parametrize("loader", LOADERS)

@@ -191,7 +191,7 @@ def test_cli_bad_quality_range_exits_2(tmp_path):
 
 def test_runs_as_a_script(tmp_path):
     out = tmp_path / "s"
-    own_path = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # the script finds the project itself
+    own_path = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # the caller's, not the project's: the install finds it
     stdout = ok(run_python(TOOLS / "make_synthetic_imagenet.py", "--out", out, "--classes", 2, "--train-per-class", 2,
                            "--val-per-class", 1, "--workers", 1, env=own_path, timeout=120))
     assert "wrote 4 train + 2 val images" in stdout

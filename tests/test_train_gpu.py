@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import train
+from conftest import restored_process_state, train
 
 from pipeline.shards import load_split
 from train.config import load_config
@@ -40,9 +40,10 @@ def test_gpu_run(shards, tmp_path, loader, extra):
 def test_each_rank_has_its_own_gpu_rng_and_the_same_host_one():
     cfg = load_config(None)
     draws = []
-    for rank in (0, 1, 0):
-        set_determinism(cfg, rank)
-        draws.append((torch.rand(4), torch.rand(4, device="cuda").cpu()))
+    with restored_process_state():  # set_determinism reseeds and sets backends for the whole process
+        for rank in (0, 1, 0):
+            set_determinism(cfg, rank)
+            draws.append((torch.rand(4), torch.rand(4, device="cuda").cpu()))
     (host0, gpu0), (host1, gpu1), (host0_again, gpu0_again) = draws
     assert torch.equal(host0, host1)  # the model's init is the same on every rank
     assert not torch.equal(gpu0, gpu1)  # dropout masks are not
