@@ -18,7 +18,7 @@ from pipeline.check import preflight
 from pipeline.config import DataConfig
 from pipeline.shards import SplitInfo, load_split
 
-# Imported when asked for: a run on one backend does not pay for the others' imports (DALI: ~1 s).
+# Imported when asked for: a run on one backend does not pay for the others' imports (DALI's is the largest).
 BACKENDS = {"dali": "pipeline.dali:DaliLoader", "baseline": "pipeline.baseline:BaselineLoader",
             "synthetic": "pipeline.synthetic:SyntheticLoader"}
 
