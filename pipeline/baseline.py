@@ -32,6 +32,7 @@ from pipeline.augment import FLIP_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, rand
 from pipeline.base import Batch, Loader, epoch_seed, rank_range
 from pipeline.check import REQUIRED, check_index
 from pipeline.labels import parse_cls
+from pipeline.s3 import StorageError
 from pipeline.shards import ShardError
 
 Transform = Callable[[dict, random.Random], object]  # a sample (webdataset dict) -> what the worker yields
@@ -93,8 +94,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, files: list[str], lengths: list[int], start: int, end: int, transform: Transform,
                  seed: int, num_classes: int, shuffle_buffer: int = 0, repeat: bool = False,
-                 skip: int = 0, batch_size: int = 1):
+                 skip: int = 0, batch_size: int = 1, source=None):
         self.files, self.lengths, self.start, self.end = files, lengths, start, end
+        self.source = source  # pipeline/stage.py's ShardSource: each file is waited for (staged) before it is read
         self.transform, self.seed, self.num_classes = transform, seed, num_classes
         self.shuffle_buffer, self.repeat, self.skip, self.batch_size = shuffle_buffer, repeat, skip, batch_size
 
@@ -134,6 +136,8 @@ class ShardStream(IterableDataset):
 
     def _samples(self, files):
         for url, first, n in files:
+            if self.source is not None:
+                self.source.ensure(url)
             check_index(url, n)  # a truncated tar, a tampered index, a short shard: ShardError
             try:
                 tar = wds.tariterators.url_opener([{"url": url}])
@@ -153,7 +157,7 @@ def make_stream(loader: Loader, epoch: int, transform: Transform, skip: int = 0)
     cfg = loader.cfg
     return ShardStream(files, lengths, a, b, transform, epoch_seed(cfg.seed, epoch, loader.rank),
                        loader.num_classes, cfg.shuffle_buffer if loader.train else 0, repeat=loader.train,
-                       skip=skip, batch_size=loader.batch_size)
+                       skip=skip, batch_size=loader.batch_size, source=loader.split.source)
 
 
 def dataloader(loader: Loader, stream: ShardStream) -> DataLoader:
@@ -173,8 +177,9 @@ def batches(loader: Loader, stream: ShardStream, count: int) -> Iterator:
     for i in range(count):
         try:
             yield next(it)
-        except ShardError as e:  # re-raised from a worker with its traceback: keep the message
-            raise ShardError(str(e).strip().splitlines()[-1].removeprefix("pipeline.shards.ShardError: ")) from None
+        except (ShardError, StorageError) as e:  # re-raised from a worker with its traceback: keep the message
+            last = str(e).strip().splitlines()[-1]
+            raise type(e)(last.removeprefix(f"{type(e).__module__}.{type(e).__name__}: ")) from None
         except StopIteration:
             raise ShardError(f"{loader.cfg.path}: {loader.split.name} ended after {i} of {count} batches "
                              "(a shard shorter than the manifest says?)") from None

@@ -73,7 +73,8 @@ def _head_and_tail(idx: Path) -> tuple[str, str, str]:
 def preflight(split: SplitInfo) -> None:
     """Raise ShardError naming the shard (and sample key) if its index shows a problem: a sample
     count other than the manifest's, a first or last sample without jpg or cls, or an index that
-    points past the end of the tar (a truncated copy). Shards without an index are left to DALI."""
+    points past the end of the tar (a truncated copy). Shards without an index are left to DALI;
+    the size check waits for a shard that is still being staged from object storage."""
     for tar, expected in zip(split.files, split.shard_lengths):
         idx = idx_path(tar)
         if not idx.exists():
@@ -92,6 +93,8 @@ def preflight(split: SplitInfo) -> None:
             if missing:
                 raise ShardError(f"{sample_name(tar, members[0].key)} has no {missing[0]}")
         members = parse_idx_line(last, idx)
+        if not os.path.exists(tar):  # still being staged (pipeline/stage.py): checked by sha256 on arrival
+            continue
         if max(m.offset + m.size for m in members) + 2 * TAR_BLOCK > os.path.getsize(tar):
             raise ShardError(f"{tar}: truncated at sample {members[0].key} (the index points past "
                              f"the end of the file)")

@@ -11,7 +11,8 @@ AUTO_AUGMENTS = ("none", "trivial", "auto")
 
 @dataclass
 class DataConfig:
-    path: str = ""  # folder of shards (+ _info.json), from tools/shard_imagenet.py or timm's layout
+    path: str = ""  # folder of shards (+ _info.json), from tools/shard_imagenet.py or timm's layout; or s3://bucket/prefix
+    cache_dir: str = ""  # node-local folder the shards of an s3:// path are staged in (required then)
     loader: str = "dali"  # dali | baseline | synthetic
     batch_size: int = 256  # per rank
     image_size: int = 224  # train crop side, px (may change between epochs)
@@ -49,6 +50,9 @@ class DataConfig:
             raise ValueError(f"data.hw_decoder_load: must be in [0, 1], got {self.hw_decoder_load}")
         if self.loader != "synthetic" and not self.path:
             raise ValueError("data.path: no shard folder given")
+        if self.loader != "synthetic" and self.path.startswith("s3://") and not self.cache_dir:
+            raise ValueError("data.cache_dir: required when data.path is s3:// (a node-local folder to stage "
+                             "the shards in)")
 
 
 def dali_threads(cfg: DataConfig, local_world: int = 1) -> int:

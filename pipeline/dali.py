@@ -102,6 +102,8 @@ class DaliLoader(Loader):
         """This rank's built pipeline of `epoch` at `size` px: the reader, then `stages` (default:
         all of `self.stages(size)`; the benchmarks cut it short), continuing from `position`."""
         stages = self.stages(size) if stages is None else stages
+        if self.split.source is not None:  # staged from object storage: DALI opens every shard it is given
+            self.split.source.ensure_all(self.rank_files(epoch))
         try:
             with self.rank_share(epoch) as inputs:
                 pipe = build_pipeline(self.cfg, inputs, self.device_id, epoch_seed(self.cfg.seed, epoch, self.rank),

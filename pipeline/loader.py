@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 import torch
 
+from pipeline import stage
 from pipeline.base import Loader
 from pipeline.check import preflight
 from pipeline.config import DataConfig
+from pipeline.s3 import is_remote
 from pipeline.shards import SplitInfo, load_split
 
 # Imported when asked for: a run on one backend does not pay for the others' imports (DALI's is the largest).
@@ -38,19 +40,30 @@ def build_loader(cfg: DataConfig, split: str, rank: int, world: int, device: tor
     each epoch; None = the config's image size throughout. `epochs`: how many epochs the run
     reads; None = unknown (a loader may then prepare an epoch that is never read).
 
-    Raises ShardError (a shard that fails the pre-flight), FileNotFoundError (no data folder) or
-    ValueError naming the key (a config that does not fit the data), before any batch is read.
+    An `s3://` data.path is staged into data.cache_dir (pipeline/stage.py): the manifest and the
+    split's indexes before this returns, the shards in the background on the node's local rank 0
+    (rank % local_world == 0: torchrun numbers ranks node by node), each waited for when read.
+
+    Raises ShardError (a shard that fails the pre-flight), FileNotFoundError (no data folder),
+    StorageError (object storage failed, naming the URL) or ValueError naming the key (a config
+    that does not fit the data), before any batch is read.
     """
     cfg.validate()
     if cfg.loader == "synthetic":
         info = SplitInfo(split, (), (max(cfg.batch_size * world * 8, world),), ())
         return backend("synthetic")(cfg, info, rank, world, device, split == "train", num_classes or 1000, local_world,
                                     size_at=size_at, epochs=epochs)
-    info = load_split(cfg.path, split)
+    info = stage.open_split(cfg.path, cfg.cache_dir, split) if is_remote(cfg.path) else load_split(cfg.path, split)
     num_classes = num_classes or len(info.classes)
     if not num_classes:
         raise ValueError(f"{cfg.path}: no class list in _info.json; give the number of classes "
                          "(model.num_classes, or --num-classes for the benchmarks)")
     preflight(info)  # a bad index or a truncated shard: fail now, naming it, not mid-epoch
-    return backend(cfg.loader)(cfg, info, rank, world, device, split == "train", num_classes, local_world,
-                               size_at=size_at, epochs=epochs)
+    loader = backend(cfg.loader)(cfg, info, rank, world, device, split == "train", num_classes, local_world,
+                                 size_at=size_at, epochs=epochs)
+    if info.source is not None and rank % local_world == 0:
+        first = rank - rank % local_world
+        order = stage.node_order(loader.epoch_files, (epochs or 1) if loader.train else 1,
+                                 range(first, min(first + local_world, world)), world)
+        stage.stage_for_node(info, order, cfg.cache_dir)
+    return loader

@@ -3,16 +3,18 @@
 A split is a list of WebDataset tars `PREFIX-{split}-NNNNNN.tar`, each with a DALI index beside it
 (`.idx`, the `wds2idx` v1.2 text format: a header `v1.2 N`, then one line per sample listing
 `ext data_offset size member_name` for each of its files). `_info.json` (timm-compatible) holds the
-splits, the class list and per-shard sha256.
+splits, the class list and, per shard, its size and the sha256 of its tar and of its index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 INFO_NAME = "_info.json"
 IDX_VERSION = "v1.2"
@@ -47,12 +49,18 @@ class Member:
 
 @dataclass(frozen=True)
 class SplitInfo:
-    """One split of a sharded dataset: absolute shard paths, samples per shard, class names."""
+    """One split of a sharded dataset: absolute shard paths, samples per shard, class names; from
+    the manifest where there is one, each shard's size in bytes (0: unknown) and the sha256 of its
+    tar and index files (file name -> hex digest); `source` (pipeline/stage.py's ShardSource) when
+    the files are staged from object storage and may not all be there yet."""
 
     name: str
     files: tuple[Path, ...]
     shard_lengths: tuple[int, ...]
     classes: tuple[str, ...]
+    shard_bytes: tuple[int, ...] = ()
+    sha256: tuple[tuple[str, str], ...] = ()
+    source: Any = None
 
     @property
     def num_samples(self) -> int:
@@ -149,12 +157,22 @@ def group_samples(members: list[Member]) -> list[list[Member]]:
     return samples
 
 
-def load_split(data: str | Path, split: str) -> SplitInfo:
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_split(data: str | Path, split: str, require_files: bool = True) -> SplitInfo:
     """Shards of one split from a dataset folder (with `_info.json`) or a brace/glob-free list.
 
     `data` is a folder written by tools/shard_imagenet.py or in timm's `imagenet-1k-wds` layout.
     Without `_info.json`, shards named `*-{split}-*.tar` are taken in sorted order and their
-    lengths read from the index files (or tar headers when there is no index).
+    lengths read from the index files (or tar headers when there is no index). `require_files`:
+    every listed shard must exist (False for a mirror that is still being staged).
     """
     root = Path(data)
     split = SPLIT_ALIASES.get(split, split)
@@ -167,19 +185,22 @@ def load_split(data: str | Path, split: str) -> SplitInfo:
             s = info["splits"][split]
             files = tuple(root / f for f in s["filenames"])
             lengths = tuple(int(n) for n in s["shard_lengths"])
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            sizes = tuple(int(n) for n in s.get("shard_bytes", [0] * len(files)))
+            digests = tuple(zip(s["filenames"], s.get("shard_sha256", ())))
+            digests += tuple((idx_path(f).name, d) for f, d in zip(s["filenames"], s.get("shard_idx_sha256", ())))
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
             raise ShardError(f"{info_file}: no usable split {split!r} ({e!s})") from None
         classes = tuple(info.get("classes", ()))
     else:
         files = tuple(sorted(root.glob(f"*-{split}-*.tar")))
         lengths = tuple(_count_samples(f) for f in files)
-        classes = ()
+        classes, sizes, digests = (), (), ()
     if not files:
         raise ShardError(f"{root}: no shards for split {split!r}")
-    missing = [str(f) for f in files if not f.exists()]
+    missing = [str(f) for f in files if require_files and not f.exists()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: shard listed in {INFO_NAME} does not exist")
-    return SplitInfo(split, files, lengths, classes)
+    return SplitInfo(split, files, lengths, classes, sizes, digests)
 
 
 def _count_samples(tar: Path) -> int:

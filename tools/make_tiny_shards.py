@@ -5,7 +5,7 @@
 
 The output has the layout tools/shard_imagenet.py writes (`imagenet1k-{train,validation}-NNNNNN.tar`
 with `.jpg` + ASCII `.cls` members, a DALI v1.2 `.idx` beside each tar, `_info.json` with the
-splits, file names, shard lengths, bytes and sha256, and the class list), but the images come from
+splits, file names, shard lengths, bytes and sha256 of tars and indexes, and the class list), but the images come from
 a small pool of distinct PX x PX JPEGs encoded once, so 1,281,167 samples in 1,024 shards take
 seconds, not hours. Labels are drawn from (seed, split, shard); the image of a sample is a
 function of its label, so a model could still learn them.
@@ -142,7 +142,7 @@ def write_shard(job: tuple) -> dict:
     for final, payload in ((idx_final, idx.encode()), (path, data)):  # index first, tar last
         atomic_write(final, payload, durable=False)
     return {"file": os.path.basename(path), "count": count, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+            "sha256": hashlib.sha256(data).hexdigest(), "idx_sha256": hashlib.sha256(idx.encode()).hexdigest()}
 
 
 def plan(split: str, samples: int, shards: int) -> list[tuple[str, int, int, int]]:
@@ -174,7 +174,8 @@ def make_tiny_shards(out: Path, samples: int, shards: int, classes: int = 1000, 
             info["splits"][split] = {
                 "name": split, "num_samples": n, "filenames": [r["file"] for r in recs],
                 "shard_lengths": [r["count"] for r in recs], "shard_bytes": [r["bytes"] for r in recs],
-                "shard_sha256": [r["sha256"] for r in recs], "skipped": [], "reencoded": []}
+                "shard_sha256": [r["sha256"] for r in recs], "shard_idx_sha256": [r["idx_sha256"] for r in recs],
+                "skipped": [], "reencoded": []}
     atomic_write(out / INFO_NAME, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     return info
 

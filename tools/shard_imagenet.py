@@ -29,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_write, stale_temps
-from pipeline.shards import INFO_NAME, SPLIT_ALIASES
+from pipeline.shards import INFO_NAME, SPLIT_ALIASES, file_sha256, idx_path
 from tools.imagenet_sources import SourceError, list_split
 from tools.shard_writer import ImageOptions, write_shard
 
@@ -149,6 +149,7 @@ def shard_split(split: str, samples, classes, args, pool) -> dict:
         "name": split, "num_samples": sum(r["count"] for r in recs), "filenames": names,
         "shard_lengths": [r["count"] for r in recs], "shard_bytes": [r["bytes"] for r in recs],
         "shard_sha256": [r["sha256"] for r in recs],
+        "shard_idx_sha256": [r.get("idx_sha256") or file_sha256(idx_path(args.out / r["file"])) for r in recs],
         "skipped": [x for r in recs for x in r["skipped"]],
         "reencoded": [x for r in recs for x in r["reencoded"]],
     }

@@ -100,7 +100,8 @@ class TarIndexWriter:
 def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOptions) -> dict:
     """Write `samples` (tools.imagenet_sources.Sample) to `tar_path` + its index, atomically.
 
-    Returns the shard's manifest record: file, count, bytes, sha256, skipped and re-encoded files.
+    Returns the shard's manifest record: file, count, bytes, sha256 of the tar and of the index
+    (idx_sha256), skipped and re-encoded files.
     """
     skipped, reencoded = [], []
     with atomic_file(tar_path) as f:  # the commit point: a final .tar name means a complete shard
@@ -117,6 +118,8 @@ def write_shard(tar_path: str, samples, labels: dict[str, int], opt: ImageOption
             w.add_sample(s.key, [("jpg", jpg), ("cls", str(labels[s.wnid]).encode()),
                                  ("json", json.dumps(meta, sort_keys=True).encode())])
         w.close()
-        atomic_write(idx_path(tar_path), format_idx(w.samples).encode())  # the index before the tar
+        index = format_idx(w.samples).encode()
+        atomic_write(idx_path(tar_path), index)  # the index before the tar
     return {"file": os.path.basename(tar_path), "count": len(w.samples), "bytes": w.pos,
-            "sha256": w.sha.hexdigest(), "skipped": skipped, "reencoded": reencoded}
+            "sha256": w.sha.hexdigest(), "idx_sha256": hashlib.sha256(index).hexdigest(),
+            "skipped": skipped, "reencoded": reencoded}

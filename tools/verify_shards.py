@@ -1,25 +1,16 @@
 """`shard_imagenet.py --verify`: re-read a sharded dataset and list everything that is wrong.
 
-Checks each shard against `_info.json` (exists, size, sha256, sample count), then the tar against
+Checks each shard against `_info.json` (exists, size, sha256 of tar and index, sample count), then the tar against
 its DALI index, every label and (decode=True) every image, with pipeline.check.shard_problems.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from pipeline.check import shard_problems
-from pipeline.shards import INFO_NAME
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from pipeline.shards import INFO_NAME, file_sha256, idx_path
 
 
 def verify(out: Path, decode: bool = True) -> list[str]:
@@ -37,7 +28,11 @@ def verify(out: Path, decode: bool = True) -> list[str]:
             if not tar.exists():
                 problems.append(f"{tar}: missing")
                 continue
-            if tar.stat().st_size != size or _sha256(tar) != sha:
+            if tar.stat().st_size != size or file_sha256(tar) != sha:
                 problems.append(f"{tar}: size or sha256 differs from {INFO_NAME}")
+            idx_sha = dict(zip(split["filenames"], split.get("shard_idx_sha256", []))).get(name)
+            idx = idx_path(tar)
+            if idx_sha and idx.exists() and file_sha256(idx) != idx_sha:
+                problems.append(f"{idx}: sha256 differs from {INFO_NAME}")
             problems += shard_problems(tar, num_classes, decode, expected=count)
     return problems
