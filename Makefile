@@ -40,17 +40,17 @@ demo: $(DEMO)/shards/_info.json
 PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 # The fast tier: everything but the tests marked slow (trainer processes, torchrun, the demo, the
-# GPU check's dry run); every project module still runs. README "Tests" has the times of both
+# GPU check's dry run) or cluster (SLURM jobs); every project module still runs. README "Tests" has the times of both
 # tiers and the fast tier's coverage.
 test: setup
-	$(PYTEST) -m "not slow" --durations=15
+	$(PYTEST) -m "not slow and not cluster" --durations=15
 
 test-all: setup
 	$(PYTEST) --durations=15
 
 # Per-module line coverage of the fast tier (the table in README "Tests").
 coverage: setup
-	$(PYTEST) -m "not slow" --cov --cov-report=term
+	$(PYTEST) -m "not slow and not cluster" --cov --cov-report=term
 
 bench: setup
 	$(PY) -m benchmarks --data $(DEMO)/shards

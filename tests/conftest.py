@@ -105,12 +105,12 @@ def ok(r: subprocess.CompletedProcess) -> str:
 def restored_process_state() -> Iterator[None]:
     """Put back, on leaving the block, what a trainer run (or its set_determinism) changes in this
     process: the host and CUDA RNGs, deterministic mode, cuDNN autotuning and TF32, the torch thread
-    count, the SIGINT and SIGTERM handlers, and the environment."""
+    count, the SIGINT, SIGTERM and SIGUSR1 handlers, and the environment."""
     torch_threads = torch.get_num_threads()
     host_rngs = random.getstate(), np.random.get_state()
     modes = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     environ = dict(os.environ)
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):

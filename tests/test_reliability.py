@@ -151,6 +151,33 @@ def test_sigint_writes_a_final_checkpoint_and_exits_0(data, tmp_path, steps):
 
 
 @pytest.mark.slow
+def test_an_epoch_stopped_and_resumed_is_one_epoch_in_the_record(data, reference_run, tmp_path, steps):
+    """The reference run, SIGTERMed mid-epoch 1, then run again: it resumes there and ends with the
+    reference's weights, one history entry and one metrics.jsonl "epoch" line per epoch with the
+    reference's steps, loss (the mean over all the epoch's steps) and accuracy; epoch 1 says it
+    was resumed once."""
+    args = [*REFERENCE, data, f"run_dir={tmp_path}"]
+    with started("-m", "train", *args) as proc:
+        for line in proc.stdout:
+            if line.startswith(f"epoch 1 step 4/{steps}"):
+                proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0
+    stopped = final_state(tmp_path)
+    assert stopped["epoch"] == 1 and 4 <= stopped["step_in_epoch"] < steps
+    assert stopped["history"][-1]["partial"] and stopped["history"][-1]["steps"] == stopped["step_in_epoch"]
+    ok(train(args))
+    reference, resumed = final_state(reference_run[0]), final_state(tmp_path)
+    assert_same_run(reference, resumed)
+    assert [h["steps"] for h in resumed["history"]] == [h["steps"] for h in reference["history"]] == [steps] * 3
+    assert [h["resumed"] for h in resumed["history"]] == [0, 1, 0]
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m for m in lines if m["kind"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [0, 1, 2]
+    assert [m["loss"] for m in epochs] == pytest.approx([h["loss"] for h in reference["history"]], abs=1e-6)
+    assert [(m["kind"], m["steps"]) for m in lines if m["kind"] == "stopped"] == [("stopped", stopped["step_in_epoch"])]
+
+
+@pytest.mark.slow
 def test_torchrun_restarts_after_a_worker_is_killed_mid_epoch(shards, tmp_path):
     """torchrun --max-restarts 1, 2 CPU ranks (gloo): rank 1 SIGKILLs itself at epoch 1 step 5
     (train/fault.py); the restarted group resumes from the epoch-0 checkpoint, finishes, and

@@ -1,6 +1,8 @@
-"""Process group set-up from torchrun's environment, and the few collectives the trainer uses.
+"""Process group set-up from the launcher's environment (env://), and the few collectives the
+trainer uses.
 
     torchrun --nproc_per_node 8 -m train --config configs/rn50_imagenet.yaml
+    sbatch tools/slurm_train.sbatch        (srun starts the ranks and sets the same variables)
 
 One process per GPU: device cuda:LOCAL_RANK, NCCL. Without a GPU, one process per CPU rank on
 gloo. Without torchrun (no WORLD_SIZE), a single process and no process group.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -24,6 +26,9 @@ class DistInfo:
     local_rank: int
     device: torch.device
     local_world: int = 1  # ranks on this node (they share its cores)
+    # A gloo group over the same ranks for host-side votes (train/stop.py): collectives on it
+    # neither wait for the device nor queue behind the gradients' all-reduces. None for one process.
+    cpu_group: dist.ProcessGroup | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -31,7 +36,8 @@ class DistInfo:
 
 
 def setup() -> DistInfo:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun), pick the device, init the group."""
+    """Read RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE (and MASTER_ADDR/MASTER_PORT for the
+    group's store), pick the device, init the group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,7 +53,8 @@ def setup() -> DistInfo:
         timeout = timedelta(minutes=30)
         dist.init_process_group(backend, store=_restart_safe_store(world, timeout), rank=rank, world_size=world,
                                 timeout=timeout, **kwargs)
-    return DistInfo(rank, world, local_rank, device, local_world)
+    cpu_group = dist.new_group(backend="gloo", timeout=timeout) if world > 1 else None
+    return DistInfo(rank, world, local_rank, device, local_world, cpu_group)
 
 
 def _restart_safe_store(world: int, timeout: timedelta) -> dist.Store | None:
@@ -80,6 +87,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
         return flag
     t = torch.tensor([float(flag)], device=info.device)
     return all_reduce_sum(t, info).item() > 0
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers of `module` (BN statistics), in place; no-op for one process.
+    Each rank's own batches move its copy, so without this every rank evaluates different weights
+    from the ones the checkpoint (rank 0's) holds."""
+    if info.world > 1:
+        for t in module.buffers():
+            dist.broadcast(t, src=0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -2,15 +2,15 @@
 
 Per step the host only launches work: it reads no device value, so it runs ahead of the GPU and
 the next batch's input work overlaps this one's compute. Every `log_every` steps (and at the end
-of the epoch) one all-reduce + `.tolist()` syncs: that is where loss, throughput and the stop flag
-of all ranks are read. Time blocked in `next(batches)` is data wait; the rest of an interval's
+of the epoch) one all-reduce + `.tolist()` syncs: that is where loss and throughput of all ranks
+are read. A stop request is voted on after every step on the host alone (train/stop.py), so every
+rank stops at the step after the signal. Time blocked in `next(batches)` is data wait; the rest of an interval's
 wall time is compute (exact at log points, because the log syncs).
 """
 
 from __future__ import annotations
 
 import bisect
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,27 +28,10 @@ from train.metrics_log import MetricsLog, peak_memory_mb
 from train.optim import EMA, OptimConfig, lr_at, mix_batch
 from train.profile import Profiler
 from train.report import format_step
+from train.stop import StopFlag, StopVote
 from train.summary import WAIT_EDGES_MS
 
 WARMUP_STEPS = 3  # steps per epoch left out of the epoch's timed region (compile, autotune, prefetch fill)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it on the host, finishes the step, checkpoints and
-    exits. A second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> StopFlag:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 @dataclass
@@ -141,12 +124,11 @@ class StepMeter:
         self.loss_interval += loss
         self.steps_interval += 1
 
-    def interval(self, stop_requested: bool) -> tuple[dict, bool]:
-        """The log interval's figures (all ranks) and whether any rank asked to stop. Syncs."""
+    def interval(self) -> dict:
+        """The log interval's figures (all ranks). Syncs."""
         dev, world = self.info.device, self.info.world
-        vals = torch.stack([self.loss_interval, torch.tensor(self.wait_interval, device=dev),
-                            torch.tensor(float(stop_requested), device=dev)])
-        loss_sum, wait_sum, stops = all_reduce_sum(vals, self.info).tolist()
+        vals = torch.stack([self.loss_interval, torch.tensor(self.wait_interval, device=dev)])
+        loss_sum, wait_sum = all_reduce_sum(vals, self.info).tolist()
         now = time.perf_counter()
         dt, n = now - self.t_interval, self.steps_interval
         figures = {"loss": loss_sum / (world * n), "img_per_s": self.global_batch * n / dt,
@@ -154,7 +136,7 @@ class StepMeter:
                    "peak_mem_mb": peak_memory_mb(dev)}
         self.close_interval()
         self.t_interval = now
-        return figures, stops > 0
+        return figures
 
     def close_interval(self) -> None:
         self.loss_epoch += self.loss_interval
@@ -191,6 +173,7 @@ def train_epoch(parts: TrainParts, loader: Loader, epoch: int, start_step: int, 
     bar = tqdm(total=n, initial=start_step, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=None if info.is_main else True)
     log.write = bar.write if info.is_main else print
+    vote = StopVote(info)
     stopped, step = False, start_step
     for step in range(start_step, n):
         if fault is not None:
@@ -205,16 +188,16 @@ def train_epoch(parts: TrainParts, loader: Loader, epoch: int, start_step: int, 
         global_step += 1
         bar.update(1)
         profiler.step()
+        stopped = vote.cast(stop.requested)
         if (step + 1) % log_every == 0 or step == n - 1:  # the only sync
-            figures, stopped = meter.interval(stop.requested)
-            m = {"epoch": epoch, "lr": lr, **figures}
+            m = {"epoch": epoch, "lr": lr, **meter.interval()}
             log.line(format_step(epoch, step + 1, n, m))
             log.record("train", global_step, m)
-        elif info.world == 1 and stop.requested:
-            stopped = True  # one process: no one to agree with, stop after this step
+        elif stopped:
             meter.close_interval()
         if stopped:
             break
+    stopped = vote.close() or stopped  # a vote cast at the epoch's last step
     bar.close()
     log.write = print
     steps_done = step + 1 - start_step if n > start_step else 0

@@ -15,10 +15,11 @@ def format_step(epoch: int, step: int, steps: int, m: dict) -> str:
 
 def format_epoch(record: dict) -> str:
     """One epoch's training figures (the trainer's epoch record): wall time, loss, global img/s and
-    the share of the time spent waiting for data."""
+    the share of the time spent waiting for data; and how often it was resumed, if it was."""
+    resumed = record.get("resumed", 0)
     return (f"epoch {record['epoch']} trained in {record['train_s']:.1f} s: loss {record['loss']:.4f}, "
             f"{record['img_per_s']:.0f} img/s global, {100 * record['data_wait_fraction']:.1f}% of the time "
-            "waiting for data")
+            "waiting for data" + (f" ({record['steps']} steps, resumed {resumed}x)" if resumed else ""))
 
 
 def format_eval(epoch: int, m: dict, weights: str) -> str:

@@ -35,13 +35,15 @@ from train.checkpoint import Progress
 from train.config import Config, ConfigError, TrainConfig, load_config, to_dict, to_yaml
 from train.distill import Distiller, load_teacher
 from train.distributed import DistInfo
-from train.engine import EpochResult, StopFlag, TrainParts, train_epoch
+from train.engine import TrainParts, train_epoch
+from train.epoch_record import continues, epoch_record, merged
 from train.evaluate import evaluate
 from train.metrics_log import MetricsLog
 from train.optim import EMA, build_optimizer, peak_lr
 from train.profile import Profiler
 from train.provenance import provenance
 from train.report import format_epoch, format_eval, format_summary
+from train.stop import StopFlag
 from train.summary import summarize, write_summary
 
 
@@ -129,6 +131,9 @@ def evaluate_all(net: nn.Module, ema: EMA | None, val_loader: Loader, epoch: int
     """Exact validation of the model and of its EMA (one validation pipeline, reused): the epoch
     record's eval fields. "selected" names the better of the two, whose top-1/5 best.pt is chosen by."""
     t0 = time.perf_counter()
+    for module in (net, ema.module if ema is not None else None):  # evaluate what the checkpoint holds
+        if module is not None:
+            distributed.broadcast_buffers(module, info)
     m = evaluate(net, val_loader, epoch, precision, info)
     log.line(format_eval(epoch, m, "model"))
     out = {"top1": m["top1"], "top5": m["top5"], "val_count": m["count"], "val_expected": m["expected"],
@@ -281,11 +286,10 @@ def build_run(cfg: Config, info: DistInfo) -> Run:
     return Run(cfg, info, log, device_name, train_loader, val_loader, net, parts, progress, position, global_batch)
 
 
-def fit(r: Run) -> None:
+def fit(r: Run, stop: StopFlag) -> None:
     """Train from `r.progress` to the last epoch to run, or until a stop is agreed. Each epoch is
     trained, evaluated when due (a whole epoch only), logged and checkpointed; so is a stop."""
     cfg, info, progress, log = r.cfg, r.info, r.progress, r.log
-    stop = StopFlag().install()
     profiler = Profiler(cfg.profile, cfg.run_dir, info.device, info.rank)
     kill = fault.kill_hook(cfg.run_dir, info.rank, info.world)  # None unless a test sets it
     position = r.position
@@ -296,6 +300,8 @@ def fit(r: Run) -> None:
         position = result.position
         done = progress.step_in_epoch + result.steps_done == len(r.train_loader)
         record = epoch_record(epoch, result, done, r.train_loader.size_at(epoch))
+        if continues(progress.history, epoch):  # the rest of an epoch a stop cut short
+            record = merged(progress.history.pop(), record)
         log.line(format_epoch(record))
         is_best, selected = False, progress.best["weights"]
         if done and eval_due(epoch, cfg.train):
@@ -304,7 +310,7 @@ def fit(r: Run) -> None:
             if is_best:
                 progress.best = {"top1": record["select_top1"], "top5": record["select_top5"], "epoch": epoch,
                                  "weights": selected}
-        log.record("epoch", result.global_step, record)
+        log.record("epoch" if done else "stopped", result.global_step, record)  # one "epoch" line per epoch
         progress.history.append(record)
         progress.global_step = result.global_step
         progress.step_in_epoch = 0 if done else progress.step_in_epoch + result.steps_done
@@ -314,13 +320,6 @@ def fit(r: Run) -> None:
             log.line(f"stop requested: checkpointed at epoch {progress.epoch} step {progress.step_in_epoch}; exiting")
             break
     profiler.close()
-
-
-def epoch_record(epoch: int, result: EpochResult, done: bool, image_size: int) -> dict:
-    """The epoch's line in metrics.jsonl and the summary's history (evaluation fields are added to it)."""
-    return {"epoch": epoch, "loss": result.loss, "img_per_s": result.img_per_s, "steps": result.steps_done,
-            "partial": not done, "data_wait_fraction": result.data_wait_fraction, "train_s": result.train_s,
-            "data_wait_hist": result.wait_hist, "image_size": image_size}
 
 
 def eval_due(epoch: int, train_cfg: TrainConfig) -> bool:
@@ -356,8 +355,9 @@ def run(cfg: Config, info: DistInfo) -> int:
     """Train `cfg` on this rank: build, fit, summarize. Returns 0 (done, or stopped cleanly);
     errors raise (main turns them into one line and an exit code)."""
     t_start = time.perf_counter()
+    stop = StopFlag().install()  # before building: a signal then stops after the first step, not the process
     r = build_run(cfg, info)
-    fit(r)
+    fit(r, stop)
     finish(r, time.perf_counter() - t_start)
     return 0
 
