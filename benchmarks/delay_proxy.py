@@ -28,7 +28,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             writer.close()
 
 
-async def _serve(target: tuple[str, int], delay_ms: float) -> None:
+async def _serve(target: tuple[str, int], delay_ms: float, port: int) -> None:
     async def handle(client_r, client_w):
         try:
             server_r, server_w = await asyncio.open_connection(*target)
@@ -37,18 +37,21 @@ async def _serve(target: tuple[str, int], delay_ms: float) -> None:
             return
         await asyncio.gather(_pump(client_r, server_w, delay_ms / 1000), _pump(server_r, client_w, 0))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
     print(server.sockets[0].getsockname()[1], flush=True)  # the port, for the parent
     async with server:
         await server.serve_forever()
 
 
 @contextlib.contextmanager
-def delay_proxy(target: tuple[str, int], delay_ms: float) -> Iterator[int]:
-    """A proxy to `target` on a free localhost port (yielded), delaying what clients send by
-    `delay_ms`; stopped on leaving the block. A process of its own: a reader that holds the GIL
-    while it waits for its requests (DALI's pipeline build) would otherwise stall it."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.delay_proxy", target[0], str(target[1]), str(delay_ms)],
+def delay_proxy(target: tuple[str, int], delay_ms: float, port: int = 0) -> Iterator[int]:
+    """A proxy to `target` on localhost `port` (0: a free one; the port is yielded), delaying what
+    clients send by `delay_ms`; stopped on leaving the block. Proxies one after another on one port
+    give a client that keeps its first endpoint (DALI's S3 reader) a new latency. A process of its
+    own: a reader that holds the GIL while it waits for its requests (DALI's pipeline build) would
+    otherwise stall it."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.delay_proxy", target[0], str(target[1]), str(delay_ms),
+                             str(port)],
                             stdout=subprocess.PIPE, text=True)
     try:
         yield int(proc.stdout.readline())
@@ -59,4 +62,4 @@ def delay_proxy(target: tuple[str, int], delay_ms: float) -> Iterator[int]:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve((sys.argv[1], int(sys.argv[2])), float(sys.argv[3])))
+    asyncio.run(_serve((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]), int(sys.argv[4])))
