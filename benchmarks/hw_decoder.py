@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 
-from benchmarks.common import add_data_args, num_classes, write_json
+from benchmarks.common import add_data_args, num_classes, one_line_errors, one_thread_count, write_json
 from benchmarks.pipeline_bench import measure
 from benchmarks.timing import resolve_device
 
@@ -57,6 +57,7 @@ class EngineWatch:
         return {name: max(v) for name, v in self.samples.items() if v}
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_args(p, batch_size=256)
@@ -64,12 +65,14 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default="decode,train")
     p.add_argument("--split", default="train")
     args = p.parse_args(argv)
+    threads = one_thread_count(args, p)
     device = resolve_device(args.device)
     classes = num_classes(args)
     result = {"args": vars(args), "loads": {}}
     for load in (float(x) for x in args.loads.split(",")):
         with EngineWatch() as watch:
-            stages = measure("dali", argparse.Namespace(**{**vars(args), "hw_decoder_load": load}), device, classes)
+            stages = measure("dali", argparse.Namespace(**{**vars(args), "hw_decoder_load": load}), device, classes,
+                             threads)
         result["loads"][f"{load:g}"] = {"stages": stages, "engine_peak_pct": watch.peaks()}
         print(f"hw_decoder_load {load:g}: " + ", ".join(f"{s} {v['img_per_s']:.0f} img/s" for s, v in stages.items())
               + f"; nvidia-smi peaks {watch.peaks() or 'n/a'}", flush=True)

@@ -4,12 +4,14 @@
 
 Times `tools/shard_imagenet.py --check header` and `--check decode` against `tar -cf` of the same
 folder (the I/O floor) and PIL's plain decode of the same files with the same worker count (the
-decode floor). Targets: header <= 2x tar; decode >= 80% of PIL's images/s.
+decode floor). Targets: header <= 2x tar; decode >= 80% of PIL's images/s. A missing folder, a
+folder without JPEGs or a step that fails is one `error:` line (benchmarks.common.one_line_errors).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import shutil
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from benchmarks.common import write_json
+from benchmarks.common import one_line_errors, write_json
+from pipeline.shards import ShardError
 
 
 def _decode(path: str) -> int:
@@ -49,6 +52,26 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def run_step(argv: list[str], what: str) -> None:
+    """Run a timed step's command; ShardError naming `what` with the command's last line if it fails."""
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1].removeprefix("error: ")
+        raise ShardError(f"{what} failed (exit {r.returncode}): {last}")
+
+
+def jpeg_files(src: Path) -> list[str]:
+    """The ImageNet-layout train JPEGs under `src`; FileNotFoundError naming the folder if none."""
+    train = src / "train"
+    if not train.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder (ImageNet layout: train/<wnid>/*.JPEG)", str(train))
+    files = sorted(str(f) for f in train.rglob("*.JPEG"))
+    if not files:
+        raise FileNotFoundError(errno.ENOENT, "no train/<wnid>/*.JPEG files in it", str(train))
+    return files
+
+
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--src", required=True, type=Path, help="ImageNet folder layout (train/<wnid>/*.JPEG)")
@@ -56,19 +79,19 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    files = sorted(str(f) for f in (args.src / "train").rglob("*.JPEG"))
+    files = jpeg_files(args.src)
     n, mb = len(files), sum(os.path.getsize(f) for f in files) / 1e6
     tmp = Path(tempfile.mkdtemp(prefix="shard_bench."))
 
     def shard(check):
         out = tmp / f"out_{check}"
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "tools.shard_imagenet", "--src", str(args.src), "--out", str(out),
-                        "--splits", "train", "--check", check, "--workers", str(args.workers)],  # 128 MB shards
-                       check=True, capture_output=True)
+        run_step([sys.executable, "-m", "tools.shard_imagenet", "--src", str(args.src), "--out", str(out),
+                  "--splits", "train", "--check", check, "--workers", str(args.workers)],  # 128 MB shards
+                 f"{args.src}: tools.shard_imagenet --check {check}")
 
     def tar():
-        subprocess.run(["tar", "-cf", str(tmp / "all.tar"), "-C", str(args.src), "train"], check=True)
+        run_step(["tar", "-cf", str(tmp / "all.tar"), "-C", str(args.src), "train"], f"{args.src}: tar -cf")
 
     def pil():
         with Pool(args.workers) as pool:

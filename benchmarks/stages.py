@@ -1,9 +1,12 @@
 """The input pipelines cut short, for measuring them stage by stage: `read` (shard bytes only),
 `decode` (the decode the loader's pipeline starts with: DALI's training graph decodes the random
-crop alone, the baseline decodes the whole image), `train` (the whole training augmentation, as the
-trainer receives it). Built from the production loaders' own pieces, so a stage measures the code
-that trains. Nothing here imports DALI (the DALI stages come from the DaliLoader given), so the
-baseline's stages run where DALI does not import."""
+crop alone, the baseline and plain decode the whole image), `train` (the whole training
+augmentation, as the trainer receives it). Built from the loaders' own pieces, so a stage measures
+the code that trains. Nothing here imports DALI (the DALI stages come from the DaliLoader given),
+so the other loaders' stages run where DALI does not import.
+
+Each loader also says what it hands over to the training process and which resize filter it
+uses (`describe`): a comparison is fair only at equal hand-off and filter class."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmarks import plain
 from benchmarks.timing import endless
 from pipeline import baseline
 from pipeline.base import Loader
@@ -50,11 +54,34 @@ def baseline_stage(loader: Loader, stage: str) -> tuple[Iterator, Callable, Call
         return endless(loader.epoch), lambda b: len(b[1]), None
     transform = read_bytes if stage == "read" else decoded_width
 
-    def epoch(e: int) -> Iterator:
-        return baseline.batches(loader, baseline.make_stream(loader, e, transform), len(loader))
+    def epoch(e: int) -> Iterator:  # the loader's own workers and shard checks, with the stage's transform
+        return loader.read(loader.stream(e, transform), len(loader))
 
     nbytes = (lambda b: int(b[0].sum())) if stage == "read" else None
     return endless(epoch), lambda b: len(b[0]), nbytes
 
 
-STAGE_BUILDERS = {"dali": dali_stage, "baseline": baseline_stage}
+def plain_stage(loader: plain.PlainLoader, stage: str) -> tuple[Iterator, Callable, Callable | None]:
+    """The same for webdataset's documented recipe (benchmarks/plain.py)."""
+    if stage == "train":
+        return endless(loader.epoch), lambda b: len(b[1]), None
+    batches = endless(plain.epochs_of(loader.webloader(stage), len(loader), loader.cfg.path))
+    nbytes = (lambda b: int(b[0].sum())) if stage == "read" else None
+    return batches, lambda b: len(b[0]), nbytes
+
+
+STAGE_BUILDERS = {"dali": dali_stage, "baseline": baseline_stage, "plain": plain_stage}
+
+
+def describe(name: str, plain_hand_off: str) -> dict:
+    """What loader `name` hands the training process ("hand_off", in short "hand_off_dtype") and
+    which resize filter it uses ("resize"); `plain_hand_off`: the plain loader's choice."""
+    if name == "dali":
+        return {"hand_off_dtype": "float16", "hand_off": "float16 NCHW (channels-last), normalized in the pipeline",
+                "resize": "DALI linear with antialias, of the decoded crop"}
+    if name == "baseline":
+        return {"hand_off_dtype": "uint8", "hand_off": "uint8 NHWC, normalized on the device by the training process",
+                "resize": "PIL bilinear of the crop box (antialiased)"}
+    where = ("NHWC, normalized on the device by the training process" if plain_hand_off == "uint8"
+             else "NCHW, normalized in the worker")
+    return {"hand_off_dtype": plain_hand_off, "hand_off": f"{plain_hand_off} {where}", "resize": plain.RESIZE}

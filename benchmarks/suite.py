@@ -1,7 +1,7 @@
 """The benchmark suite: model only, pipeline only and end to end, side by side in one process.
 
     python -m benchmarks --data OUT [--device cpu|gpu] [--model resnet50] [--batch-size N]
-        [--image-size 224] [--steps N] [--loaders dali,baseline] [--json FILE] [--plot FILE.png]
+        [--image-size 224] [--steps N] [--loaders dali,baseline[,plain]] [--json FILE] [--plot FILE.png]
 
 Model only = training steps on one synthetic batch already on the device (the compute ceiling).
 Pipeline only = each loader alone (read, decode, full augmentation). End to end = real training
@@ -16,6 +16,7 @@ against the peak (the data sheet's on a known GPU) and against the measured matm
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -28,6 +29,8 @@ from benchmarks.common import (
     data_config,
     gpu_memory,
     num_classes,
+    one_line_errors,
+    one_thread_count,
     timed_loader,
     window_steps,
     write_json,
@@ -135,21 +138,26 @@ def run(args, save=lambda result: None) -> dict:
     configure_backends(deterministic=False)  # the trainer's settings: cudnn.benchmark, TF32
     classes = num_classes(args)
     names = [n for n in args.loaders.split(",") if n]  # none: the model alone
+    threads = args.threads[0]
     # Built (and checked to hold a timed window in an epoch) before anything is timed.
-    loaders = {name: timed_loader(args, name, "train", device, classes) for name in names}
+    loaders = {name: timed_loader(args, name, "train", device, classes, threads) for name in names}
     parts = step_parts(args, device, classes)
-    syn = build_loader(data_config(args, "synthetic"), "train", 0, 1, device, classes)  # one batch, on the device
+    # one batch, on the device
+    syn = build_loader(data_config(args, "synthetic", threads), "train", 0, 1, device, classes)
     print(f"model only ({args.model}, batch {args.batch_size}, {args.image_size} px, {args.amp}) ...", flush=True)
     result = {"args": vars(args), "steps": window_steps(args, device),
               "model_only": train_rate(parts, syn, None, args, device),  # one batch reused: no epochs
               "pipeline_only": {}, "end_to_end": {}}
     save(result)
-    for name, loader in loaders.items():
-        result["pipeline_only"][name] = measure(name, args, device, classes, loader)
+    for name in names:
+        loader = loaders.pop(name)  # dropped after its turn: its workers do not run into the next loader's
+        result["pipeline_only"][name] = measure(name, args, device, classes, threads, loader)
         save(result)
         print(f"end to end ({name}) ...", flush=True)
         result["end_to_end"][name] = train_rate(parts, loader, len(loader), args, device)
         save(result)
+        del loader
+        gc.collect()
     model_s = result["model_only"]["per_s"]
     if names:
         stages = {k: v["img_per_s"] for k, v in result["pipeline_only"][names[0]].items()}
@@ -226,14 +234,18 @@ def parse_args(argv=None):
                    help="auto: bf16 where the device has it natively, else fp32")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES,
                    help="torch.compile mode of the model (compiling is warm-up)")
-    p.add_argument("--loaders", default="dali,baseline", help="the first one gets the verdict")
+    p.add_argument("--loaders", default="dali,baseline",
+                   help="some of dali,baseline,plain; the first one gets the verdict")
     p.add_argument("--stages", default="read,decode,train", help="pipeline-only stages")
     p.add_argument("--split", default="train")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: data sheet or measured)")
     p.add_argument("--plot")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    one_thread_count(args, p)
+    return args
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)

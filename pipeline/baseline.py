@@ -8,15 +8,21 @@ copy than float32).
 Each sample's random crop and flip come from an RNG seeded by (seed, epoch, rank, sample key), so
 a resumed epoch skips the batches already done without decoding them and still gets the same
 batches as an uninterrupted run. Bad data stops the epoch with a ShardError naming the shard and
-sample: each shard's tar headers are checked against its index and its sample count against the
-manifest before it is read. That re-reads the tar headers (Python's tarfile) and the index of
-every shard every epoch, a cost every baseline figure includes (benchmarks/RESULTS.md says how much).
+sample. Each shard's tar headers are checked against its index and its sample count against the
+manifest once per loader, in the training process, before the first epoch that reads it (for one
+rank: all of them before the first batch), never inside an epoch's batches.
+
+The workers are started once per loader and kept (persistent workers): each epoch's ShardStream
+is handed to them through shared memory (Relay), so an epoch boundary costs no process start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import math
+import multiprocessing
+import pickle
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -94,9 +100,8 @@ class ShardStream(IterableDataset):
 
     def __init__(self, files: list[str], lengths: list[int], start: int, end: int, transform: Transform,
                  seed: int, num_classes: int, shuffle_buffer: int = 0, repeat: bool = False,
-                 skip: int = 0, batch_size: int = 1, source=None):
+                 skip: int = 0, batch_size: int = 1):
         self.files, self.lengths, self.start, self.end = files, lengths, start, end
-        self.source = source  # pipeline/stage.py's ShardSource: each file is waited for (staged) before it is read
         self.transform, self.seed, self.num_classes = transform, seed, num_classes
         self.shuffle_buffer, self.repeat, self.skip, self.batch_size = shuffle_buffer, repeat, skip, batch_size
 
@@ -135,10 +140,7 @@ class ShardStream(IterableDataset):
                 return
 
     def _samples(self, files):
-        for url, first, n in files:
-            if self.source is not None:
-                self.source.ensure(url)
-            check_index(url, n)  # a truncated tar, a tampered index, a short shard: ShardError
+        for url, first, _ in files:  # staged and checked before their first epoch (BaselineLoader.stream)
             try:
                 tar = wds.tariterators.url_opener([{"url": url}])
                 for i, s in enumerate(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(tar))):
@@ -157,32 +159,60 @@ def make_stream(loader: Loader, epoch: int, transform: Transform, skip: int = 0)
     cfg = loader.cfg
     return ShardStream(files, lengths, a, b, transform, epoch_seed(cfg.seed, epoch, loader.rank),
                        loader.num_classes, cfg.shuffle_buffer if loader.train else 0, repeat=loader.train,
-                       skip=skip, batch_size=loader.batch_size, source=loader.split.source)
+                       skip=skip, batch_size=loader.batch_size)
 
 
-def dataloader(loader: Loader, stream: ShardStream) -> DataLoader:
+class Relay(IterableDataset):
+    """The ShardStream last given to `play`, read by whichever process iterates it. The stream is
+    pickled into shared memory, which the workers see because they receive the Relay when they
+    start; they read it each time the DataLoader starts an epoch (a new iter() of a DataLoader with
+    persistent workers restarts the workers' iteration). So one DataLoader, its workers started
+    once, reads every epoch, and every benchmark stage, of a loader. One epoch at a time."""
+
+    def __init__(self, capacity: int):
+        ctx = multiprocessing.get_context(WORKER_START)
+        self.capacity = capacity  # bytes
+        self._bytes, self._size = ctx.RawArray(ctypes.c_char, capacity), ctx.RawValue(ctypes.c_int64, 0)
+
+    def play(self, stream: bytes) -> None:
+        """Make the pickled ShardStream `stream` what the next iteration yields (call before iter()
+        of the DataLoader: the workers read it then)."""
+        if len(stream) > self.capacity:
+            raise ValueError(f"a stream of {len(stream)} bytes does not fit the relay's {self.capacity}")
+        ctypes.memmove(self._bytes, stream, len(stream))
+        self._size.value = len(stream)
+
+    def __iter__(self):
+        return iter(pickle.loads(ctypes.string_at(self._bytes, self._size.value)))
+
+
+WORKER_START = "forkserver"  # not fork: a process that already runs DALI or CUDA threads must not fork
+
+
+def dataloader(loader: Loader, relay: Relay) -> DataLoader:
+    """The DataLoader over `relay`: the loader's workers, kept between epochs (persistent), and
+    pinned memory on a GPU. (DataLoader workers run torch on one thread.)"""
     cfg = loader.cfg
-    return DataLoader(stream, batch_size=loader.batch_size, num_workers=cfg.workers,
+    return DataLoader(relay, batch_size=loader.batch_size, num_workers=cfg.workers,
                       pin_memory=loader.device.type == "cuda",
                       prefetch_factor=cfg.prefetch if cfg.workers else None, drop_last=loader.train,
-                      persistent_workers=False,
-                      # not fork: a process that already runs DALI or CUDA threads must not fork
-                      multiprocessing_context="forkserver" if cfg.workers else None)
+                      persistent_workers=cfg.workers > 0, multiprocessing_context=WORKER_START if cfg.workers else None)
 
 
-def batches(loader: Loader, stream: ShardStream, count: int) -> Iterator:
-    """`count` batches of a DataLoader over `stream`; a worker's ShardError is re-raised as one
-    line, and a stream that ends early is an error naming the split."""
-    it = iter(dataloader(loader, stream))
-    for i in range(count):
-        try:
-            yield next(it)
-        except (ShardError, StorageError) as e:  # re-raised from a worker with its traceback: keep the message
-            last = str(e).strip().splitlines()[-1]
-            raise type(e)(last.removeprefix(f"{type(e).__module__}.{type(e).__name__}: ")) from None
-        except StopIteration:
-            raise ShardError(f"{loader.cfg.path}: {loader.split.name} ended after {i} of {count} batches "
-                             "(a shard shorter than the manifest says?)") from None
+def uint8_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel on `device`: x * scale + shift = (x / 255 - mean) / std for uint8 x."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device) * 255
+    std = torch.tensor(IMAGENET_STD, device=device) * 255
+    return 1 / std, -mean / std
+
+
+def normalize_uint8(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, pad: bool = False) -> torch.Tensor:
+    """uint8 NHWC (on scale's device) -> normalized fp16, NCHW shape in channels-last memory (no
+    transpose); `pad`: a fourth, zero channel."""
+    x = torch.addcmul(shift, images, scale).half()  # (x - mean) / std in fp32, then fp16
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 1))
+    return x.permute(0, 3, 1, 2)
 
 
 class BaselineLoader(Loader):
@@ -193,22 +223,51 @@ class BaselineLoader(Loader):
         if not self.train:  # workers batch separately: count their (possibly partial) batches
             stream, workers = make_stream(self, 0, None), max(1, self.cfg.workers)
             self.batches = sum(math.ceil(stream.worker_count(w, workers) / self.batch_size) for w in range(workers))
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device) * 255
-        std = torch.tensor(IMAGENET_STD, device=self.device) * 255
-        self.scale, self.shift = 1 / std, -mean / std
+        self.scale, self.shift = uint8_affine(self.device)
+        self.checked: set[str] = set()  # shards whose headers, index and count were checked
+        self._relay: Relay | None = None  # made on first use, with its DataLoader
+        self._dataloader: DataLoader | None = None
+
+    def stream(self, epoch: int, transform: Transform, skip: int = 0) -> ShardStream:
+        """This rank's ShardStream of `epoch`, once every shard it reads has been checked
+        (check_index, once per shard for the loader's life: ShardError naming the first bad one)."""
+        new = [piece for piece in self.rank_pieces(epoch) if piece.file not in self.checked]
+        if self.split.source is not None:  # staged from object storage: as DALI, wait for the epoch's shards
+            self.split.source.ensure_all(piece.file for piece in new)
+        for piece in new:
+            check_index(piece.file, piece.length)  # a truncated tar, a tampered index, a short shard
+            self.checked.add(piece.file)
+        return make_stream(self, epoch, transform, skip)
+
+    def read(self, stream: ShardStream, count: int) -> Iterator:
+        """`count` batches of `stream`, read by this loader's one DataLoader (made on first use,
+        or again for a stream too big for its relay: the same files in another order and another
+        transform fit in the room given); a worker's ShardError is re-raised as one line, and a
+        stream that ends early is an error naming the split."""
+        data = pickle.dumps(stream)
+        if self._relay is None or len(data) > self._relay.capacity:
+            self._relay = Relay(4 * len(data) + 2**16)
+            self._dataloader = dataloader(self, self._relay)
+        self._relay.play(data)
+        it = iter(self._dataloader)
+        for i in range(count):
+            try:
+                yield next(it)
+            except (ShardError, StorageError) as e:  # re-raised from a worker with its traceback: keep the message
+                last = str(e).strip().splitlines()[-1]
+                raise type(e)(last.removeprefix(f"{type(e).__module__}.{type(e).__name__}: ")) from None
+            except StopIteration:
+                raise ShardError(f"{self.cfg.path}: {self.split.name} ended after {i} of {count} batches "
+                                 "(a shard shorter than the manifest says?)") from None
 
     def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         size = self.size_at(epoch)
         transform = (TrainTransform(size, self.cfg.min_area) if self.train
                      else ValTransform(size, val_resize_shorter(size, self.cfg.val_crop_ratio)))
-        stream = make_stream(self, epoch, transform, skip)
-        for images, labels in batches(self, stream, len(self) - skip):
+        stream = self.stream(epoch, transform, skip)
+        for images, labels in self.read(stream, len(self) - skip):
             yield self.normalize(images), labels.to(self.device, non_blocking=True)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalized fp16, NCHW shape in channels-last memory (no transpose)."""
-        x = images.to(self.device, non_blocking=True)
-        x = torch.addcmul(self.shift, x, self.scale).half()  # (x - mean) / std in fp32, then fp16
-        if self.cfg.pad_channels:
-            x = torch.nn.functional.pad(x, (0, 1))
-        return x.permute(0, 3, 1, 2)
+        return normalize_uint8(images.to(self.device, non_blocking=True), self.scale, self.shift, self.cfg.pad_channels)

@@ -35,9 +35,13 @@ def check_window(epoch_batches: int, warmup: int, steps: int) -> None:
 
 
 def rate(batches: Iterator, count: Callable[[object], int], device: torch.device, warmup: int, steps: int,
-         repeats: int, epoch_batches: int | None = None) -> dict:
+         repeats: int, epoch_batches: int | None = None, cpu_clock: Callable[[], float] | None = None) -> dict:
     """Items/s of an endless batch iterator: the median of `repeats` timed windows of `steps`
     batches each, and every window's figure. `count(batch)` = items in a batch.
+
+    `cpu_clock`: CPU seconds used so far (e.g. benchmarks.cpu_time.tree_cpu_s), read at the same
+    window edges (just outside the wall-clock reads): then also items per CPU-second, `per_cpu_s`
+    (median) and `repeats_per_cpu_s` (None for a window that used no measurable CPU).
 
     `epoch_batches`: the batches in one epoch of `batches`, or None where there are no epochs (a
     batch reused, batches in memory): then `warmup` batches untimed and the windows back to back.
@@ -50,17 +54,25 @@ def rate(batches: Iterator, count: Callable[[object], int], device: torch.device
     lead = warmup if epoch_batches is None else untimed_per_epoch(warmup)
     if epoch_batches is not None:
         check_window(epoch_batches, warmup, steps)
-    left, runs = 0, []  # batches left in the current epoch (0: the next one starts an epoch)
+    left, runs, cpu_runs = 0, [], []  # left: batches in the current epoch (0: the next one starts an epoch)
     for _ in range(repeats):
         if left < steps:  # read the rest of this epoch and the next one's lead-in untimed
             for _ in range(left + lead):
                 next(batches)
             left = epoch - lead
         sync(device)
+        cpu0 = cpu_clock() if cpu_clock else 0.0
         n, t0 = 0, time.perf_counter()
         for _ in range(steps):
             n += count(next(batches))
         sync(device)
         runs.append(n / (time.perf_counter() - t0))
+        if cpu_clock:
+            cpu_s = cpu_clock() - cpu0
+            cpu_runs.append(n / cpu_s if cpu_s > 0 else None)
         left -= steps
-    return {"per_s": statistics.median(runs), "repeats": runs}
+    out = {"per_s": statistics.median(runs), "repeats": runs}
+    if cpu_clock:
+        measured = [x for x in cpu_runs if x is not None]
+        out.update(per_cpu_s=statistics.median(measured) if measured else None, repeats_per_cpu_s=cpu_runs)
+    return out

@@ -1,18 +1,25 @@
 """The benchmarks: the verdict logic on constructed figures, and each tool at tiny sizes."""
 
+import io
 import json
 import runpy
 import shutil
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from conftest import GOOD, call_main, jpeg_bytes, make_shard, started, truncate
+from PIL import Image
 
 from benchmarks import pipeline_bench, shard_bench, suite, torchvision_check
+from benchmarks.common import build_any_loader
+from benchmarks.cpu_time import descendants, tree_cpu_s
 from benchmarks.timing import endless
 from benchmarks.verdict import ADVICE, CONTENTION, mfu, verdict
 from pipeline import throughput
+from pipeline.shards import scan_tar
 from train.summary import loop_verdict, wait_histogram
 
 SMALL = ["--batch-size", "8", "--image-size", "32", "--warmup", "1", "--steps", "2", "--repeats", "2",
@@ -95,30 +102,64 @@ def test_rate_without_epochs_times_back_to_back_and_refuses_short_epochs():
         throughput.rate(endless(ShortEpochs(4, 8).epoch), len, torch.device("cpu"), 0, 4, 1, epoch_batches=4)
 
 
-def forcing(real, forced):
-    """`real` (a rate function), whose reported rate is replaced by the next of `forced`."""
-    return lambda *args: {**real(*args), "per_s": next(forced)}
+def forcing(real, forced, seen=None):
+    """`real` (a rate function), whose reported rate is replaced by the next of `forced`; each
+    call's torch thread count is appended to `seen` when given."""
+    def rate(*args, **kwargs):
+        if seen is not None:
+            seen.append(torch.get_num_threads())
+        return {**real(*args, **kwargs), "per_s": next(forced)}
+    return rate
 
 
 def test_pipeline_bench_writes_every_field(shards, tmp_path, monkeypatch):
     # Every stage runs and is timed; the rate it reports is then replaced by a known one, so the
-    # ratio has a value of its own: DALI's train rate 300 over the baseline's 100.
-    forced = iter([9000.0, 900.0, 300.0, 8000.0, 800.0, 100.0])  # dali read, decode, train; baseline the same
-    monkeypatch.setattr(pipeline_bench, "rate", forcing(pipeline_bench.rate, forced))
+    # ratios have values of their own: DALI's train rate 300 over the baseline's 100 and plain's 150.
+    forced = iter([9000.0, 900.0, 300.0, 8000.0, 800.0, 100.0, 7000.0, 700.0, 150.0])  # per loader: read, decode, train
+    threads = []
+    monkeypatch.setattr(pipeline_bench, "rate", forcing(pipeline_bench.rate, forced, threads))
     out = tmp_path / "p.json"
-    args = ["--data", str(shards), "--device", "cpu", "--json", str(out), "--loaders", "dali,baseline",
+    args = ["--data", str(shards), "--device", "cpu", "--json", str(out), "--loaders", "dali,baseline,plain",
             "--stages", "read,decode,train", *SMALL]
-    assert pipeline_bench.main(args) == 0
+    torch_threads = torch.get_num_threads()
+    assert call_main(pipeline_bench.main, args, threads=2).returncode == 0
+    assert threads == [1] * 9  # torch on one thread while each stage was timed ...
+    assert torch.get_num_threads() == torch_threads  # ... and as it was afterwards
     r = json.loads(out.read_text())
     assert r["provenance"]["git_commit"] and r["provenance"]["dali"] and r["provenance"]["cores"]
-    for name in ("dali", "baseline"):
-        stages = r["loaders"][name]
-        assert set(stages) == {"read", "decode", "train"}
-        assert all(min(s["repeats_img_per_s"]) > 0 and len(s["repeats_img_per_s"]) == 2 for s in stages.values())
+    for name in ("dali", "baseline", "plain"):
+        loader = r["loaders"][name]
+        assert loader["hand_off"] and loader["resize"] and set(loader["threads"]) == {"2"}
+        stages = loader["threads"]["2"]
+        assert set(stages) == {"read", "decode", "train"} and loader["scaling"]["2"] == {s: 1.0 for s in stages}
+        for s in stages.values():
+            assert min(s["repeats_img_per_s"]) > 0 and len(s["repeats_img_per_s"]) == 2
+            # every figure per CPU-second too: the busy cores it implies are the rate over it
+            assert s["img_per_cpu_s"] > 0 and s["cpu_cores_busy"] == pytest.approx(s["img_per_s"] / s["img_per_cpu_s"])
         assert stages["read"]["mb_per_s"] > 0
         t = stages["train"]
         assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "float16", "channels_last")
-    assert r["loaders"]["dali"]["train"]["img_per_s"] == 300.0 and r["dali_over_baseline_train"] == 3.0
+    assert (r["loaders"]["baseline"]["hand_off_dtype"], r["loaders"]["plain"]["hand_off_dtype"]) == ("uint8", "uint8")
+    assert r["loaders"]["dali"]["threads"]["2"]["train"]["img_per_s"] == 300.0
+    assert r["ratios"]["dali/baseline"]["2"]["train"]["img_per_s"] == 3.0
+    assert r["ratios"]["dali/plain"]["2"]["train"]["img_per_s"] == 2.0
+
+
+def test_pipeline_bench_sweeps_threads_and_reports_scaling(shards, tmp_path, monkeypatch):
+    # Rates replaced in the order measured: the baseline at 1 worker (100), then at 2 (180): 1.8x.
+    forced = iter([100.0, 180.0])
+    monkeypatch.setattr(pipeline_bench, "rate", forcing(pipeline_bench.rate, forced))
+    out = tmp_path / "p.json"
+    args = ["--data", str(shards), "--device", "cpu", "--json", str(out), "--loaders", "baseline",
+            "--stages", "train", *SMALL, "--threads", "1,2"]
+    r = call_main(pipeline_bench.main, args)
+    assert r.returncode == 0, r.stderr
+    b = json.loads(out.read_text())["loaders"]["baseline"]
+    assert [b["threads"][n]["train"]["img_per_s"] for n in ("1", "2")] == [100.0, 180.0]
+    assert b["scaling"] == {"1": {"train": 1.0}, "2": {"train": 1.8}}
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("baseline  train")][-2:]
+    assert [(row[2], row[3], row[4], row[-1]) for row in rows] == [("1", "uint8", "100.0", "1.00x"),
+                                                                   ("2", "uint8", "180.0", "1.80x")]
 
 
 def test_pipeline_bench_on_timm_layout_needs_no_class_list(shards, tmp_path):
@@ -237,3 +278,183 @@ def test_torchvision_check_never_says_ok_unchecked(monkeypatch, capsys):
     assert torchvision_check.main(["--device", "cpu"]) == torchvision_check.NOT_CHECKED == 3
     out = capsys.readouterr().out
     assert out.startswith("torchvision check: NOT CHECKED (torchvision not importable: ") and "OK" not in out
+
+
+# --- CPU time of a process tree ----------------------------------------------------------------
+
+# A process tree of known CPU time: the root burns 0.4 CPU-s on a thread, its child (idle, like the
+# forkserver) starts a grandchild (like a DataLoader worker) that burns 0.6 CPU-s. Each process
+# reports its own CPU clock (time.process_time, all its threads) once done, then waits: the tree's
+# measure must equal the sum of what they report.
+BURN = """
+import sys, time, subprocess, threading
+def burn(seconds):
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < seconds:
+        pass
+role = sys.argv[1]
+if role == "grandchild":
+    burn(0.6)
+    print(time.process_time(), flush=True)
+    sys.stdin.read()  # until the parent ends
+elif role == "child":
+    grandchild = subprocess.Popen([sys.executable, __file__, "grandchild"], stdin=subprocess.PIPE, stdout=None)
+    print(time.process_time(), flush=True)
+    sys.stdin.read()
+else:
+    child = subprocess.Popen([sys.executable, __file__, "child"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    worker = threading.Thread(target=burn, args=(0.4,))
+    worker.start()
+    worker.join()
+    child_s, grandchild_s = child.stdout.readline(), child.stdout.readline()
+    print("times", time.process_time(), child_s.strip(), grandchild_s.strip(), flush=True)
+    time.sleep(120)
+"""
+
+
+def test_tree_cpu_s_counts_every_thread_and_live_descendant(tmp_path):
+    script = tmp_path / "burn.py"
+    script.write_text(BURN)
+    with started(script, "root", threads=None) as proc:
+        line = proc.stdout.readline()
+        assert line.startswith("times"), line
+        reported = [float(x) for x in line.split()[1:]]  # root, child, grandchild: each its own clock
+        assert reported[0] >= 0.4 and reported[2] >= 0.6
+        assert len(descendants(proc.pid)) == 2
+        measured = tree_cpu_s(proc.pid)
+    # /proc counts in clock ticks (10 ms) per process, and the processes read their clocks just before
+    assert measured == pytest.approx(sum(reported), abs=0.05)
+
+
+def test_rate_reads_the_cpu_clock_at_each_window_edge(monkeypatch):
+    """Batches of 8 taking 1 wall-second and 2 CPU-seconds each: 8 img/s and 4 img per CPU-second,
+    with both clocks read at the edges of every window and nowhere else."""
+    fake = ShortEpochs(5, batch_size=8)
+    cpu = {"s": 0.0}
+
+    def batches(e):
+        for b in fake.epoch(e):
+            cpu["s"] += 2.0
+            yield b
+
+    def cpu_clock():
+        fake.log.append(("cpu",))
+        return cpu["s"]
+
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=fake.clock))
+    r = throughput.rate(endless(batches), len, torch.device("cpu"), 1, 3, 2, epoch_batches=5, cpu_clock=cpu_clock)
+    assert (r["per_s"], r["per_cpu_s"], r["repeats_per_cpu_s"]) == (8.0, 4.0, [4.0, 4.0])
+    edges = [e[0] for e in fake.log if e[0] in ("cpu", "clock")]
+    assert edges == ["cpu", "clock", "clock", "cpu"] * 2  # the CPU clock just outside the wall clock
+    assert "per_cpu_s" not in throughput.rate(endless(fake.epoch), len, torch.device("cpu"), 1, 3, 1, 5)
+
+
+# --- plain: webdataset's documented recipe ------------------------------------------------------
+
+def plain_loader(data, hand_off: str, workers: int = 2, batch: int = 4):
+    args = pipeline_bench.parse_args(["--data", str(data), "--batch-size", str(batch), "--image-size", "24",
+                                      "--shuffle-buffer", "8", "--plain-hand-off", hand_off])
+    return build_any_loader(args, "plain", "train", torch.device("cpu"), 2, workers)
+
+
+# ImageNet's mean and std of RGB in [0, 1], written out here rather than read from the code under test
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize(("hand_off", "dtype", "tolerance"), [("uint8", torch.float16, 2e-2),
+                                                              ("float16", torch.float16, 2e-2),
+                                                              ("float32", torch.float32, 1e-5)])
+def test_plain_loader_normalizes_as_imagenet_mean_std(tmp_path, hand_off, dtype, tolerance):
+    """Every image one solid colour: any crop, resize or flip of it is that colour, so each
+    pixel must be (colour / 255 - mean) / std, computed here from the decoded JPEG."""
+    colour = (200, 30, 90)
+    jpg = jpeg_bytes((50, 40), colour)
+    data = make_shard(tmp_path / "d", [(f"k{i}", [("jpg", jpg), ("cls", str(i % 2).encode())]) for i in range(8)])
+    decoded = np.array(Image.open(io.BytesIO(jpg)).convert("RGB"))[0, 0]  # the JPEG's colour, as decoded
+    expected = torch.tensor((decoded / 255 - MEAN) / STD, dtype=torch.float32).view(1, 3, 1, 1)
+    loader = plain_loader(data, hand_off, workers=1)
+    batches = list(loader.epoch(0))
+    assert len(batches) == len(loader) == 2
+    for images, labels in batches:
+        assert images.shape == (4, 3, 24, 24) and images.dtype == dtype
+        # uint8 is normalized on the device as the baseline does (channels-last); float in the worker, NCHW
+        assert images.is_contiguous(memory_format=torch.channels_last) == (hand_off == "uint8")
+        assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
+        assert (images.float() - expected).abs().max() <= tolerance
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on 2 cores: slow, and correct
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_plain_epoch_length_is_each_workers_full_batches(shards, workers):
+    """The epoch length the benchmark's windows rely on equals the batches a full pass yields
+    (webdataset deals whole shards to workers, each drops its last partial batch)."""
+    loader = plain_loader(shards, "uint8", workers=workers, batch=16)
+    assert sum(1 for _ in loader.webloader("read")) == len(loader)
+
+
+def test_plain_train_batches_are_normalized_random_crops(shards):
+    images, labels = next(plain_loader(shards, "float32", batch=8).epoch(0))
+    assert images.shape == (8, 3, 24, 24) and 0 <= labels.min() and labels.max() < 10
+    low, high = (0 - MEAN) / STD, (1 - MEAN) / STD  # the range of a normalized [0, 1] pixel
+    for c in range(3):
+        assert low[c] - 1e-5 <= images[:, c].min() and images[:, c].max() <= high[c] + 1e-5
+    assert images.std() > 0.1  # real pictures, not a constant
+
+
+def test_plain_refuses_more_workers_than_shards(tmp_path):
+    data = make_shard(tmp_path / "d", GOOD)  # one shard
+    with pytest.raises(ValueError, match="1 shards for 2 workers"):
+        plain_loader(data, "uint8", workers=2)
+
+
+# --- bad input: one line, never a traceback ------------------------------------------------------
+
+def one_error_line(r, *needles: str) -> str:
+    """The one `error:` line of a command that exited 2, last on stderr, holding every needle
+    (DALI says beforehand that it is looking for the bad sample); no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert errors == r.stderr.strip().splitlines()[-1:] and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert all(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
+FAST = ["--batch-size", "4", "--image-size", "24", "--warmup", "1", "--steps", "1", "--repeats", "1", "--threads", "1",
+        "--shuffle-buffer", "4", "--device", "cpu"]
+
+
+def test_benchmark_commands_name_a_missing_folder_in_one_line(tmp_path):
+    nope = tmp_path / "nope"
+    one_error_line(call_main(pipeline_bench.main, ["--data", nope, *FAST]), f"{nope}: data folder does not exist")
+    one_error_line(call_main(suite.main, ["--data", nope, "--model", "resnet18", *FAST]), str(nope))
+    one_error_line(call_main(shard_bench.main, ["--src", nope, "--repeats", "1"]), f"{nope}/train: no such folder")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    one_error_line(call_main(shard_bench.main, ["--src", tmp_path / "empty", "--repeats", "1"]),
+                   f"{tmp_path}/empty/train: no train/<wnid>/*.JPEG files")
+
+
+def test_benchmark_commands_name_a_folder_without_info_or_shards(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("no _info.json, no shards")
+    for main, extra in ((pipeline_bench.main, []), (suite.main, ["--model", "resnet18"])):
+        one_error_line(call_main(main, ["--data", tmp_path / "d", *extra, *FAST]), f"{tmp_path}/d: no shards")
+
+
+def test_pipeline_bench_names_a_truncated_shard_caught_by_the_preflight(tmp_path):
+    out = make_shard(tmp_path / "d", [(f"k{i}", GOOD[0][1]) for i in range(40)])
+    tar = out / "x-train-000000.tar"
+    truncate(tar, tar.stat().st_size // 2)
+    for main, extra in ((pipeline_bench.main, ["--loaders", "dali,baseline,plain"]),
+                        (suite.main, ["--model", "resnet18"])):
+        one_error_line(call_main(main, ["--data", out, *extra, *FAST]), f"{tar}: truncated")
+
+
+@pytest.mark.parametrize("loader", ["dali", "baseline", "plain"])
+def test_pipeline_bench_names_a_truncated_shard_met_while_reading(tmp_path, loader):
+    """Without an index, the pre-flight cannot see the cut: each loader meets it while reading."""
+    out = make_shard(tmp_path / "d", [(f"k{i}", GOOD[0][1]) for i in range(40)], index=False)
+    tar = out / "x-train-000000.tar"
+    truncate(tar, scan_tar(tar)[30].offset + 100)  # inside the 16th sample's jpg
+    r = call_main(pipeline_bench.main, ["--data", out, "--loaders", loader, "--stages", "train", *FAST])
+    one_error_line(r, str(out), "x-train-000000.tar")

@@ -3,6 +3,7 @@ the benchmarks' pipelines cut short from them."""
 
 import io
 import json
+import os
 import shutil
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 from conftest import BAD, GOOD, drain, jpeg_bytes, make_shard, run_python, shard_labels, tamper_index, truncate
 from PIL import Image
 
+from benchmarks.cpu_time import descendants
 from benchmarks.stages import dali_stage
-from pipeline import dali_graph
+from pipeline import baseline, dali_graph
 from pipeline.augment import ASPECT_RANGE
 from pipeline.base import epoch_seed
 from pipeline.config import DataConfig
@@ -177,6 +179,39 @@ def test_tampered_index_is_named(tmp_path, loader):
         drain(build_loader(cfg(out, loader, batch_size=4, workers=1), "train", 0, 1, CPU))
 
 
+def test_baseline_checks_each_shard_once_and_keeps_its_workers(shards, monkeypatch):
+    """The shard check (tar headers against the index, count against the manifest) runs once per
+    shard for the loader's life, in the training process, not once per epoch; the DataLoader
+    workers started for epoch 0 are the ones that read epoch 1."""
+    calls = []
+    real = baseline.check_index
+    monkeypatch.setattr(baseline, "check_index", lambda tar, n: calls.append(tar) or real(tar, n))
+    loader = build_loader(cfg(shards, "baseline", workers=2), "train", 0, 1, CPU)
+    before = set(descendants(os.getpid()))
+    during = []
+    for epoch in range(2):
+        batches = loader.epoch(epoch)
+        next(batches)
+        during.append(set(descendants(os.getpid())))
+        for _ in batches:
+            pass
+    assert sorted(calls) == sorted(str(f) for f in load_split(shards, "train").files)  # each shard once
+    assert len(during[0] - before) >= 2  # the two workers (and the forkserver, if it started here)
+    assert during[1] <= during[0]  # no process started for epoch 1
+
+
+def test_baseline_does_not_recheck_a_shard_in_later_epochs(tmp_path):
+    """An index tampered with after epoch 0 goes unnoticed by epoch 1 of the same loader, whose
+    workers read the same tar: no per-epoch integrity pass in any process. A new loader names it."""
+    out = make_shard(tmp_path / "d", GOOD)
+    loader = build_loader(cfg(out, "baseline", batch_size=4, workers=2), "train", 0, 1, CPU)
+    drain(loader)
+    tamper_index(out / "x-train-000000.idx", sample=1)
+    assert sum(len(y) for _, y in loader.epoch(1)) == len(GOOD)
+    with pytest.raises(ShardError, match="x-train-000000.idx: sample k1 does not match"):
+        drain(build_loader(cfg(out, "baseline", batch_size=4, workers=2), "train", 0, 1, CPU))
+
+
 def test_shards_without_jpg_or_cls(tmp_path):
     out = make_shard(tmp_path / "d", [(f"k{i}", [("png", jpeg_bytes()), ("txt", b"1")]) for i in range(8)])
     with pytest.raises(ShardError, match="k0 has no jpg"):
@@ -260,5 +295,6 @@ def test_baseline_benchmarks_run_without_dali(shards, tmp_path):
     r = run_python("-c", WITHOUT_DALI, *args, timeout=180, threads=None)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["loaders"]) == {"baseline"} and set(result["loaders"]["baseline"]) == {"read", "decode", "train"}
+    assert set(result["loaders"]) == {"baseline"}
+    assert set(result["loaders"]["baseline"]["threads"]["1"]) == {"read", "decode", "train"}
     assert result["provenance"]["dali"] is None

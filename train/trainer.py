@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from model import build_model, flops_per_image, freeze_stages, load_torchvision_state_dict, stored_model_config
+from pipeline import fatal
 from pipeline.atomic import atomic_write
 from pipeline.base import Loader
 from pipeline.loader import build_loader
 from pipeline.pt_file import CheckpointError, safe_load
-from pipeline.shards import PipelineError, ShardError
+from pipeline.shards import ShardError
 from train import checkpoint as ckpt
 from train import distributed, fault
 from train.amp import Precision
@@ -363,12 +364,8 @@ def run(cfg: Config, info: DistInfo) -> int:
 
 
 def error_line(e: Exception) -> str:
-    """The one line a fatal error is reported with."""
-    if isinstance(e, ConfigError):
-        return str(e)  # already starts with "config:"
-    if isinstance(e, OSError) and e.filename:  # disk full, read-only run_dir: name the file
-        return f"error: {e.filename}: {e.strerror}"
-    return f"error: {e}"
+    """The one line a fatal error is reported with (pipeline.fatal's, but a config error's own)."""
+    return str(e) if isinstance(e, ConfigError) else fatal.error_line(e)  # "config: ..." as it is
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         code = run(cfg, info)
-    except (ConfigError, CheckpointError, ShardError, OSError, PipelineError) as e:
+    except (ConfigError, CheckpointError, *fatal.INPUT_ERRORS) as e:
         print(error_line(e), file=sys.stderr)
-        code = 1 if isinstance(e, PipelineError) else 2
+        code = fatal.exit_code(e)
         if info.world > 1:
             distributed.exit_now(code)  # the other ranks may be inside a collective: do not wait
     finally:
