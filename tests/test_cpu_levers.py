@@ -2,6 +2,7 @@
 shard-time downscale."""
 
 import io
+import json
 import random
 import re
 
@@ -11,6 +12,7 @@ import torch
 from conftest import TINY, call_main, ok, train
 from PIL import Image
 
+from benchmarks import cpu_levers
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
 from pipeline.normalize import model_input
@@ -135,3 +137,29 @@ def test_max_side_downscales_keeping_the_aspect_ratio(photo):
     data, w, h, note = prepare_image(photo, ImageOptions(max_side=320, quality=85))
     assert (w, h) == (320, 240) and Image.open(io.BytesIO(data)).size == (320, 240) and "320" in note
     assert prepare_image(photo, ImageOptions(max_side=500))[0] == photo  # within the limit: the bytes as they were
+
+
+# --- the measurement command ----------------------------------------------------------------------
+
+def test_cpu_levers_bad_data_is_one_error_line(tmp_path):
+    r = call_main(cpu_levers.main, ["--data", str(tmp_path / "missing")])
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert str(tmp_path / "missing") in r.stderr
+
+
+@pytest.mark.slow
+def test_cpu_levers_reports_every_figure(shards, tmp_path):
+    out = tmp_path / "levers.json"
+    r = call_main(cpu_levers.main, ["--data", str(shards), "--threads", "1", "--image-sizes", "40", "--batch-size",
+                                    "8", "--warmup", "0", "--steps", "1", "--repeats", "1", "--psnr-images", "6",
+                                    "--json", str(out)])
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(out.read_text())["sizes"]["40"]
+    dali = fig["dali"]["1"]
+    assert set(cpu_levers.dali_variants(40, 0.08)) == set(dali)
+    figures = [*dali.values(), *fig["baseline_in_process"].values(), fig["normalize_on_cpu"]]
+    assert all(v["img_per_s"] > 0 and v["img_per_cpu_s"] > 0 for v in figures)
+    psnr = fig["psnr_db"]
+    # An antialiased linear resize is the reference's own filter; nearest neighbour aliases.
+    assert psnr["dali:linear+aa"] > 40 and psnr["dali:linear+aa"] > psnr["dali:nn"] + 5
+    assert 0 <= fig["draft_share"]["min_area_0.08"] <= 1
