@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 LOADERS = ("dali", "baseline", "synthetic")
 AUTO_AUGMENTS = ("none", "trivial", "auto")
-OUTPUTS = ("float16", "uint8")
+OUTPUTS = ("uint8", "float16")
 
 
 @dataclass
@@ -28,9 +28,10 @@ class DataConfig:
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the GPU's hardware decoder (mixed only)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
     auto_augment: str = "none"  # none | trivial (TrivialAugment Wide) | auto (AutoAugment ImageNet)
-    # What the loader hands over: float16 (normalized on the CPU by DALI or the baseline's workers)
-    # or uint8 (0..255; half the bytes, normalized on the device: pipeline/normalize.py)
-    output: str = "float16"
+    # What the loader hands over: uint8 (0..255, normalized on the device: pipeline/normalize.py;
+    # half the bytes, and DALI's CPU float16 normalize is a fifth of its train stage: RESULTS.md,
+    # "CPU levers") or float16 (normalized on the CPU by DALI or the baseline's workers)
+    output: str = "uint8"
 
     def validate(self) -> None:
         """Raise ValueError naming the key of the first bad value."""

@@ -117,7 +117,7 @@ def test_pipeline_bench_writes_every_field(shards, tmp_path, monkeypatch):
         assert all(min(s["repeats_img_per_s"]) > 0 and len(s["repeats_img_per_s"]) == 2 for s in stages.values())
         assert stages["read"]["mb_per_s"] > 0
         t = stages["train"]
-        assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "float16", "channels_last")
+        assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "uint8", "channels_last")
     assert r["loaders"]["dali"]["train"]["img_per_s"] == 300.0 and r["dali_over_baseline_train"] == 3.0
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from benchmarks import cpu_levers
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
-from pipeline.normalize import model_input
+from pipeline.normalize import CPU_CHUNK_ELEMENTS, model_input, normalize_hwc
 from pipeline.pil_decode import draft_reduction, resized_random_crop
 from tools.shard_writer import ImageOptions, prepare_image
 from tools.synthetic_images import render
@@ -52,6 +52,12 @@ def test_uint8_hand_off_normalizes_to_the_float16_values(shards, loader, split):
     on_device = model_input(raw)
     assert on_device.dtype == torch.float16 and on_device.is_contiguous(memory_format=torch.channels_last)
     assert within_one_ulp(on_device.numpy(), fp16.numpy())
+
+
+def test_normalize_of_a_large_cpu_batch_is_the_same_in_chunks():
+    raw = torch.randint(0, 256, (5, 300, 300, 3), dtype=torch.uint8)  # above CPU_CHUNK_ELEMENTS: chunked
+    assert raw.numel() > CPU_CHUNK_ELEMENTS
+    assert within_one_ulp(normalize_hwc(raw).numpy(), (raw.numpy() / 255 - MEAN) / STD)
 
 
 def test_model_input_leaves_float16_alone_and_keeps_the_padding_zero():
