@@ -6,7 +6,9 @@ only needs its pixels at `size` px resolution, so the decode is scaled by the la
 that still leaves the crop at least `size` px wide and high: the resize then reduces less, and
 nothing finer than the output is lost beyond the scaling itself. Large crops of large images
 qualify (the crop must be >= 2 x size on both sides); at 224 px on ImageNet's ~500 x 375 photos
-none does. DALI 2.4's decoders have no such scaled decode.
+none does. The scaled decode followed by a resize is a blurrier kernel than one antialiased
+resize, so it is a lever to choose (`draft=True`), off by default. DALI 2.4's decoders have no
+such scaled decode.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def draft_reduction(crop_w: float, crop_h: float, size: int) -> int:
 
 
 def resized_random_crop(jpeg: bytes, size: int, min_area: float, rng: random.Random,
-                        draft: bool = True) -> Image.Image:
+                        draft: bool = False) -> Image.Image:
     """RandomResizedCrop (pipeline/augment.py's box, drawn from `rng` on the full-size image) of
     the encoded image, resized to size x size with PIL's antialiased bilinear filter, RGB. With
     `draft`, the decode is scaled down where draft_reduction allows; the crop box is the same
