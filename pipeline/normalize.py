@@ -28,7 +28,7 @@ def _scale_shift(device: torch.device, channels: int) -> tuple[torch.Tensor, tor
 
 # On the CPU a batch is normalized a few images at a time: the float32 temporary of a whole batch
 # at 224 px (38 MB at 64 images) is above glibc's mmap threshold, so each call faulted in fresh
-# pages, and ran 3x slower per pixel than small chunks that stay in cache.
+# pages, and ran slower per pixel than small chunks that stay in cache (RESULTS.md, "CPU levers").
 CPU_CHUNK_ELEMENTS = 1 << 20
 
 
