@@ -35,7 +35,7 @@ from PIL import Image
 from benchmarks.common import write_json
 from pipeline.augment import random_resized_crop_box
 from pipeline.baseline import TrainTransform
-from pipeline.config import DataConfig
+from pipeline.config import OUTPUTS, DataConfig
 from pipeline.loader import build_loader
 from pipeline.normalize import normalize_hwc
 from pipeline.pil_decode import draft_reduction, resized_random_crop
@@ -84,8 +84,8 @@ def dali_variants(size: int, min_area: float) -> dict[str, list]:
     for interp, aa in FILTERS:
         out[f"crop_decode+resize:{interp.removeprefix('INTERP_').lower()}{'+aa' if aa else ''}"] = \
             [crop, resize(interp, aa)]
-    out["train_float16"] = [crop, resize(*FILTERS[0]), g.normalize(False, flip=True, output="float16")]
-    out["train_uint8"] = [crop, resize(*FILTERS[0]), g.normalize(False, flip=True, output="uint8")]
+    for output in OUTPUTS:  # the training graph itself, handing over each output
+        out[f"train_{output}"] = g.train_stages(DataConfig(min_area=min_area, output=output), size, dec)
     out["fused_decode+random_resized_crop+aa"] = [g.decode(dec), fused]
     return out
 
@@ -257,7 +257,8 @@ def run(args) -> dict:
     images = jpegs(args.data, max(args.psnr_images, args.batch_size * 2))
     result = {"args": vars(args), "images_in_memory": len(images), "sizes": {}}
     for size in args.image_sizes:
-        entry = {"draft_share": {"min_area_0.08": draft_share(images, size, 0.08)},
+        entry = {"handoff_bytes_per_image": {"uint8": size * size * 3, "float16": size * size * 3 * 2},
+                 "draft_share": {"min_area_0.08": draft_share(images, size, 0.08)},
                  "psnr_db": {} if args.quick else resize_quality(images[:args.psnr_images], size, 0.08),
                  "normalize_on_cpu": measure_normalize(args, size),
                  "baseline_in_process": measure_baseline(args, images, size),

@@ -61,8 +61,8 @@ def hand_over(im: Image.Image, normalize: bool) -> np.ndarray | torch.Tensor:
 class TrainTransform:
     """RandomResizedCrop + antialiased bilinear resize (PIL's resize is antialiased) + flip -> HWC
     uint8, or float16 normalized (`normalize`). `draft`: decode at a reduced scale where the crop
-    allows it without loss (pipeline/pil_decode.py). A picklable object, not a closure: DataLoader
-    workers start by forkserver."""
+    keeps the output's resolution (pipeline/pil_decode.py; faster, a little blurrier). A picklable
+    object, not a closure: DataLoader workers start by forkserver."""
 
     size: int
     min_area: float
