@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.plain import HAND_OFFS, PlainLoader
+from benchmarks.plain import PlainLoader
 from pipeline import fatal
 from pipeline.atomic import atomic_write
 from pipeline.base import Loader
 from pipeline.check import preflight
-from pipeline.config import DataConfig, dali_threads
+from pipeline.config import OUTPUTS, DataConfig, dali_threads
 from pipeline.loader import build_loader
 from pipeline.shards import load_split
 from pipeline.throughput import check_window
@@ -42,7 +42,7 @@ def thread_counts(text: str) -> list[int]:
 
 
 def add_data_args(p: argparse.ArgumentParser, batch_size: int, image_size: int = 224) -> None:
-    """--data, --device, --batch-size, --image-size, --threads, --plain-hand-off, --shuffle-buffer,
+    """--data, --device, --batch-size, --image-size, --threads, --output, --shuffle-buffer,
     --hw-decoder-load, --num-classes, --warmup, --steps, --repeats, --json."""
     p.add_argument("--data", required=True, help="shard folder (tools/shard_imagenet.py output, or timm's layout)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
@@ -51,9 +51,9 @@ def add_data_args(p: argparse.ArgumentParser, batch_size: int, image_size: int =
     p.add_argument("--threads", type=thread_counts, default=[0],
                    help="DALI threads = baseline and plain workers; a list (1,2) sweeps where the command "
                    "does (0: this process's cores minus one)")
-    p.add_argument("--plain-hand-off", default="uint8", choices=tuple(HAND_OFFS),
-                   help="what the plain loader's workers hand over (uint8: normalized on the device, as "
-                   "the baseline)")
+    p.add_argument("--output", default=DataConfig.output, choices=OUTPUTS,
+                   help="what every loader hands over (data.output): uint8, normalized on the device by the "
+                   "training step, or normalized float16")
     p.add_argument("--shuffle-buffer", type=int, default=1024)
     p.add_argument("--hw-decoder-load", type=float, default=0.65, help="share of JPEGs on the hardware decoder")
     p.add_argument("--num-classes", type=int, help="label range (default: the manifest's class list, else 1000)")
@@ -76,7 +76,7 @@ def data_config(args: argparse.Namespace, loader: str, threads: int) -> DataConf
     (0: automatic) and as many baseline workers."""
     cfg = DataConfig(path=args.data, loader=loader, batch_size=args.batch_size, image_size=args.image_size,
                      val_image_size=args.image_size, num_threads=threads, shuffle_buffer=args.shuffle_buffer,
-                     hw_decoder_load=args.hw_decoder_load)
+                     hw_decoder_load=args.hw_decoder_load, output=args.output)
     cfg.workers = dali_threads(cfg)  # the same CPU budget for every loader
     return cfg
 
@@ -90,7 +90,7 @@ def build_any_loader(args: argparse.Namespace, loader: str, split: str, device: 
         return build_loader(cfg, split, 0, 1, device, classes)
     info = load_split(cfg.path, split)
     preflight(info)
-    return PlainLoader(cfg, info, 0, 1, device, split == "train", classes, hand_off=args.plain_hand_off)
+    return PlainLoader(cfg, info, 0, 1, device, split == "train", classes)
 
 
 def window_steps(args: argparse.Namespace, device: torch.device) -> int:

@@ -2,7 +2,7 @@
 per second and per CPU-second, at one or more thread counts.
 
     python -m benchmarks.pipeline_bench --data OUT [--split train] [--loaders dali,baseline,plain]
-        [--stages read,decode,train] [--threads 1,2] [--plain-hand-off uint8|float16|float32]
+        [--stages read,decode,train] [--threads 1,2] [--output uint8|float16]
         [--device cpu|gpu] [--batch-size 128] [--image-size 224] [--num-classes N]
         [--warmup N] [--steps N] [--repeats R] [--json FILE]
 
@@ -16,7 +16,9 @@ hand-off and resize filter are recorded beside its figures (a comparison holds a
 `--threads N,M`: DALI threads = baseline and plain worker processes = N, then M; `scaling` is each
 figure over its value at the first count. Torch runs on one thread in the benchmark process while a
 loader is measured (DataLoader workers always do). Median of repeats after warm-up; each repeat
-lies inside one epoch, after that epoch's first batches (pipeline.throughput.rate), and is 50
+lies inside one epoch, after that epoch's first batches (pipeline.throughput.rate), with no work
+for the next epoch inside it (DALI's build-ahead is off here: benchmarks.startup measures the
+epoch turnover), and is 50
 batches on a GPU by default. `img_per_cpu_s`: images per CPU-second of this process (DALI's
 threads) and all its live descendants (the workers), over the same windows
 (benchmarks/cpu_time.py). Each stage's `gpu_memory` holds torch's peak while it ran and the
@@ -68,6 +70,7 @@ def measure(loader_name: str, args, device: torch.device, classes: int, threads:
     figures}: img/s and img per CPU-second (medians, and each repeat's), the CPU cores busy on
     average, GPU memory; MB/s of the read stage; the shape and dtype the train stage hands over."""
     loader = loader or timed_loader(args, loader_name, args.split, device, classes, threads)
+    loader.build_ahead = False  # the steady state: no next-epoch build inside a window (turnover is startup's)
     out = {}
     with torch_threads(1):
         for stage in filter(None, args.stages.split(",")):
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
     for threads in args.threads:  # all loaders at one count, then the next: each ratio measured close in time
         for name in names:
             runs[name][str(threads)] = measure(name, args, device, classes, threads)
-    loaders = {name: {**describe(name, args.plain_hand_off), "threads": by_n, "scaling": scaling(by_n)}
+    loaders = {name: {**describe(name, args.output), "threads": by_n, "scaling": scaling(by_n)}
                for name, by_n in runs.items()}
     result = {"args": vars(args), "steps": window_steps(args, device), "loaders": loaders, "ratios": ratios(loaders)}
     print(table(result))

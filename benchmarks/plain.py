@@ -13,9 +13,10 @@ Normalize are written with PIL, numpy and torch, as torchvision runs them on a P
 box (pipeline.augment, torchvision's algorithm), the crop, PIL's bilinear resize of it
 (antialiased: PIL widens the filter's support with the reduction), the flip, then the tensor.
 
-The hand-off (what the workers give the training process) is chosen, so that a comparison is at
-equal hand-off: `uint8` (HWC, collated NHWC, normalized on the device afterwards exactly as the
-baseline does) or `float16` / `float32` (ToTensor + Normalize in the worker: CHW, collated NCHW).
+The hand-off (what the workers give the training process) follows `data.output`, so that a
+comparison is at equal hand-off: `uint8` (HWC, collated NHWC, handed on as the baseline's, for the
+training step to normalize on the device) or `float16` (ToTensor + Normalize in the worker, then
+half precision: CHW, collated NCHW).
 webdataset deals whole shards to workers (split_by_worker), so an epoch is each worker's full
 batches; the optional cross-worker reshuffle of the recipe (`.unbatched().shuffle().batched()` on
 the WebLoader) is left out, as it adds per-sample work in the training process.
@@ -35,10 +36,9 @@ from PIL import Image
 
 from pipeline.augment import FLIP_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box
 from pipeline.base import Batch, Loader
-from pipeline.baseline import normalize_uint8, uint8_affine
+from pipeline.baseline import to_device
 from pipeline.shards import ShardError
 
-HAND_OFFS = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 SHARD_SHUFFLE = 100  # shards in webdataset's shard-shuffle buffer (the value its docs use)
 RESIZE = "PIL bilinear of the crop (antialiased), as torchvision on PIL images"
 
@@ -47,7 +47,7 @@ RESIZE = "PIL bilinear of the crop (antialiased), as torchvision on PIL images"
 class PlainTransform:
     """RandomResizedCrop(size, scale=(min_area, 1)) + RandomHorizontalFlip + ToTensor + Normalize
     of a PIL image, drawing from `random` (which DataLoader seeds per worker), handing off
-    `hand_off`: uint8 HWC, or normalized CHW float16/float32."""
+    `hand_off`: uint8 HWC, or normalized CHW float16."""
 
     size: int
     min_area: float
@@ -63,7 +63,7 @@ class PlainTransform:
             return x
         x = x.permute(2, 0, 1).float().div_(255)  # ToTensor
         x = (x - MEAN) / STD  # Normalize
-        return x.to(HAND_OFFS[self.hand_off])
+        return x.half()
 
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -94,10 +94,11 @@ def plain_dataset(urls: list[str], stage: str, batch_size: int, shuffle_buffer: 
 
 class PlainLoader(Loader):
     """The recipe as a Loader (training split, one rank): `epoch(e)` yields the images handed off,
-    then on the device as the model takes them (a uint8 hand-off normalized there to fp16 NCHW
-    channels-last, as the baseline does; a float one moved as it is, NCHW), and int64 labels."""
+    on the device as the other loaders give them (uint8: NCHW shape in channels-last memory, as the
+    baseline's, for the training step to normalize; float16: moved as it is, NCHW), and int64
+    labels."""
 
-    def __init__(self, *args, hand_off: str = "uint8", **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.train or self.world != 1:
             raise ValueError("the plain loader reads the train split on one rank")
@@ -105,18 +106,16 @@ class PlainLoader(Loader):
         if workers > len(self.split.files):
             raise ValueError(f"{self.cfg.path}: {len(self.split.files)} shards for {workers} workers (webdataset "
                              "deals whole shards: lower --threads)")
-        self.hand_off = hand_off
         self.urls = [str(f) for f in self.split.files]
         # Each worker reads its shards (split_by_worker: every workers-th) and drops its last partial batch.
         lengths = self.split.shard_lengths
         self.batches = sum(sum(lengths[w::workers]) // self.batch_size for w in range(workers))
-        self.scale, self.shift = uint8_affine(self.device)
         self._train = self.webloader("train")
 
     def webloader(self, stage: str) -> wds.WebLoader:
         """The recipe's WebLoader, cut at `stage` (read, decode, train), with its own workers."""
         cfg = self.cfg
-        transform = PlainTransform(self.size_at(0), cfg.min_area, self.hand_off)
+        transform = PlainTransform(self.size_at(0), cfg.min_area, cfg.output)
         ds = plain_dataset(self.urls, stage, self.batch_size, cfg.shuffle_buffer, transform)
         # forkserver, not fork: the benchmark process may already run DALI's threads
         return wds.WebLoader(ds, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
@@ -125,9 +124,8 @@ class PlainLoader(Loader):
 
     def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
         for images, labels in one_line_errors(itertools.islice(self._train, skip, len(self)), self.cfg.path):
-            images = images.to(self.device, non_blocking=True)
-            if self.hand_off == "uint8":
-                images = normalize_uint8(images, self.scale, self.shift)
+            images = (to_device(images, self.device) if self.cfg.output == "uint8"
+                      else images.to(self.device, non_blocking=True))
             yield images, labels.to(self.device, non_blocking=True)
 
 

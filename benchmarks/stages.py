@@ -73,15 +73,13 @@ def plain_stage(loader: plain.PlainLoader, stage: str) -> tuple[Iterator, Callab
 STAGE_BUILDERS = {"dali": dali_stage, "baseline": baseline_stage, "plain": plain_stage}
 
 
-def describe(name: str, plain_hand_off: str) -> dict:
-    """What loader `name` hands the training process ("hand_off", in short "hand_off_dtype") and
-    which resize filter it uses ("resize"); `plain_hand_off`: the plain loader's choice."""
-    if name == "dali":
-        return {"hand_off_dtype": "float16", "hand_off": "float16 NCHW (channels-last), normalized in the pipeline",
-                "resize": "DALI linear with antialias, of the decoded crop"}
-    if name == "baseline":
-        return {"hand_off_dtype": "uint8", "hand_off": "uint8 NHWC, normalized on the device by the training process",
-                "resize": "PIL bilinear of the crop box (antialiased)"}
-    where = ("NHWC, normalized on the device by the training process" if plain_hand_off == "uint8"
-             else "NCHW, normalized in the worker")
-    return {"hand_off_dtype": plain_hand_off, "hand_off": f"{plain_hand_off} {where}", "resize": plain.RESIZE}
+def describe(name: str, output: str) -> dict:
+    """What loader `name` hands the training process at data.output `output` ("hand_off", in short
+    "hand_off_dtype") and which resize filter it uses ("resize")."""
+    where = {"dali": "normalized in the pipeline", "baseline": "normalized in the workers",
+             "plain": "NCHW, ToTensor + Normalize in the workers"}
+    hand_off = ("uint8 NHWC, normalized on the device by the training step" if output == "uint8"
+                else f"float16, {where[name]}")
+    resize = {"dali": "DALI linear with antialias, of the decoded crop",
+              "baseline": "PIL bilinear of the crop box (antialiased)", "plain": plain.RESIZE}[name]
+    return {"hand_off_dtype": output, "hand_off": hand_off, "resize": resize}

@@ -47,7 +47,7 @@ def val_batches(shards: str | Path, batch_size: int, channels: int, side_px: int
     Centre crop of `side_px` px, normalized like training; channels 4 = zero-padded RGB.
     DeployError naming the folder if it holds no usable validation shards or no samples."""
     cfg = DataConfig(path=str(shards), loader="dali", batch_size=batch_size, val_image_size=side_px,
-                     num_threads=min(4, os.cpu_count() or 1), pad_channels=channels == 4)
+                     num_threads=min(4, os.cpu_count() or 1), pad_channels=channels == 4, output="float16")
     try:
         loader = build_loader(cfg, "val", 0, 1, torch.device("cpu"))
     except (ShardError, OSError, ValueError) as e:  # no folder, no shards, 0 samples

@@ -1,11 +1,13 @@
 """The one interface every loader shares, and the bookkeeping they have in common.
 
-A loader yields `(images, labels)` per batch: images `N x C x H x W` float16 in
-`torch.channels_last` memory format (C = 3, or 4 with `pad_channels`), normalized with the ImageNet
-mean/std; labels int64 class indices; both on the loader's device. `len(loader)` is the number of
-batches of one epoch on this rank, known before the epoch starts and the same on every rank for
-training. Validation loaders yield every sample of the rank's share exactly once (the last batch
-may be smaller), so summing over ranks counts each validation image once.
+A loader yields `(images, labels)` per batch: images `N x C x H x W` in `torch.channels_last`
+memory format (C = 3, or 4 with `pad_channels`), float16 normalized with the ImageNet mean/std, or
+uint8 (0..255, a zero 4th channel) with `data.output: uint8`, which pipeline/normalize.py's
+`model_input` normalizes on the device; labels int64 class indices; both on the loader's device.
+`len(loader)` is the number of batches of one epoch on this rank, known before the epoch starts
+and the same on every rank for training. Validation loaders yield every sample of the rank's
+share exactly once (the last batch may be smaller), so summing over ranks counts each validation
+image once.
 
 Data order: training shards are read in an order that depends only on (seed, epoch), and each
 rank reads its contiguous share of that order (DALI's reader sharding formula), so the batches of
@@ -75,6 +77,11 @@ class Loader:
     the run will read, or None when unknown. Both are known from the start so that a loader can
     prepare the next epoch ahead, at its size, and nothing past the last one.
     """
+
+    # Whether the next epoch is prepared during this one (DALI: its pipeline built and its first
+    # batch run). Input benchmarks of the steady state turn it off: that work belongs to the
+    # epoch boundary, which benchmarks.startup measures as turnover.
+    build_ahead = True
 
     def __init__(self, cfg: DataConfig, split: SplitInfo, rank: int, world: int, device: torch.device,
                  train: bool, num_classes: int, local_world: int = 1, *,

@@ -2,8 +2,8 @@
 
 The same augmentation spec as the DALI pipeline (pipeline/augment.py), the same sample split
 across ranks (each rank reads its contiguous range of the epoch's shard order), files split
-across DataLoader workers, pinned memory, and uint8 batches normalized on the device (4x less to
-copy than float32).
+across DataLoader workers, pinned memory. The workers hand over what data.output says: float16
+normalized by them, or uint8 (half the bytes) that the trainer normalizes on the device.
 
 Each sample's random crop and flip come from an RNG seeded by (seed, epoch, rank, sample key), so
 a resumed epoch skips the batches already done without decoding them and still gets the same
@@ -34,10 +34,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import shards
-from pipeline.augment import FLIP_PROBABILITY, IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_box, val_resize_shorter
+from pipeline.augment import FLIP_PROBABILITY, val_resize_shorter
 from pipeline.base import Batch, Loader, epoch_seed, rank_range
 from pipeline.check import REQUIRED, check_index
 from pipeline.labels import parse_cls
+from pipeline.normalize import normalize_hwc
+from pipeline.pil_decode import resized_random_crop
 from pipeline.s3 import StorageError
 from pipeline.shards import ShardError
 
@@ -56,36 +58,50 @@ def decode(sample: dict) -> Image.Image:
         raise ShardError(f"{sample_name(sample)}: jpg does not decode ({e})") from None
 
 
+def hand_over(im: Image.Image, normalize: bool) -> np.ndarray | torch.Tensor:
+    """A worker's image as the loader hands it over: HWC uint8, or normalized float16 HWC."""
+    x = np.array(im)  # a writable copy: torch refuses read-only arrays
+    return normalize_hwc(torch.from_numpy(x)) if normalize else x
+
+
 @dataclass(frozen=True)
 class TrainTransform:
-    """RandomResizedCrop + antialiased bilinear resize (PIL's resize is antialiased) + flip -> HWC uint8.
-    A picklable object, not a closure: DataLoader workers start by forkserver."""
+    """RandomResizedCrop + antialiased bilinear resize (PIL's resize is antialiased) + flip -> HWC
+    uint8, or float16 normalized (`normalize`). `draft`: decode at a reduced scale where the crop
+    keeps the output's resolution (pipeline/pil_decode.py; faster, a little blurrier). A picklable
+    object, not a closure: DataLoader workers start by forkserver."""
 
     size: int
     min_area: float
+    normalize: bool = False
+    draft: bool = False  # off: the same filter as DALI's (the scaled decode blurs: RESULTS.md, "CPU levers")
 
-    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray:
-        im = decode(sample)
-        box = random_resized_crop_box(im.width, im.height, rng, self.min_area)
-        im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray | torch.Tensor:
+        try:
+            im = resized_random_crop(sample["jpg"], self.size, self.min_area, rng, self.draft)
+        except Exception as e:  # PIL raises many types for bad data
+            raise ShardError(f"{sample_name(sample)}: jpg does not decode ({e})") from None
         if rng.random() < FLIP_PROBABILITY:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return np.array(im)  # a writable copy: torch refuses read-only arrays
+        return hand_over(im, self.normalize)
 
 
 @dataclass(frozen=True)
 class ValTransform:
-    """Resize the shorter side to `short` px, centre crop size x size -> HWC uint8."""
+    """Resize the shorter side to `short` px, centre crop size x size -> HWC uint8, or float16
+    normalized (`normalize`)."""
 
     size: int
     short: int
+    normalize: bool = False
 
-    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray:
+    def __call__(self, sample: dict, rng: random.Random) -> np.ndarray | torch.Tensor:
         im = decode(sample)
         s = self.short / min(im.width, im.height)
         w, h = max(self.size, round(im.width * s)), max(self.size, round(im.height * s))
         x, y = (w - self.size) // 2, (h - self.size) // 2
-        return np.array(im.resize((w, h), Image.Resampling.BILINEAR).crop((x, y, x + self.size, y + self.size)))
+        return hand_over(im.resize((w, h), Image.Resampling.BILINEAR).crop((x, y, x + self.size, y + self.size)),
+                         self.normalize)
 
 
 class ShardStream(IterableDataset):
@@ -199,31 +215,23 @@ def dataloader(loader: Loader, relay: Relay) -> DataLoader:
                       persistent_workers=cfg.workers > 0, multiprocessing_context=WORKER_START if cfg.workers else None)
 
 
-def uint8_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel on `device`: x * scale + shift = (x / 255 - mean) / std for uint8 x."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device) * 255
-    std = torch.tensor(IMAGENET_STD, device=device) * 255
-    return 1 / std, -mean / std
-
-
-def normalize_uint8(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, pad: bool = False) -> torch.Tensor:
-    """uint8 NHWC (on scale's device) -> normalized fp16, NCHW shape in channels-last memory (no
-    transpose); `pad`: a fourth, zero channel."""
-    x = torch.addcmul(shift, images, scale).half()  # (x - mean) / std in fp32, then fp16
+def to_device(images: torch.Tensor, device: torch.device, pad: bool = False) -> torch.Tensor:
+    """Workers' NHWC batch (uint8 or float16) -> `device`, [+ a zero 4th channel], NCHW shape in
+    channels-last memory (no transpose)."""
+    x = images.to(device, non_blocking=True)
     if pad:
         x = torch.nn.functional.pad(x, (0, 1))
     return x.permute(0, 3, 1, 2)
 
 
 class BaselineLoader(Loader):
-    """DataLoader + webdataset + PIL; output in the shared format (fp16 channels-last on device)."""
+    """DataLoader + webdataset + PIL; output in the shared format (channels-last on the device)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.train:  # workers batch separately: count their (possibly partial) batches
             stream, workers = make_stream(self, 0, None), max(1, self.cfg.workers)
             self.batches = sum(math.ceil(stream.worker_count(w, workers) / self.batch_size) for w in range(workers))
-        self.scale, self.shift = uint8_affine(self.device)
         self.checked: set[str] = set()  # shards whose headers, index and count were checked
         self._relay: Relay | None = None  # made on first use, with its DataLoader
         self._dataloader: DataLoader | None = None
@@ -261,13 +269,9 @@ class BaselineLoader(Loader):
                                  "(a shard shorter than the manifest says?)") from None
 
     def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
-        size = self.size_at(epoch)
-        transform = (TrainTransform(size, self.cfg.min_area) if self.train
-                     else ValTransform(size, val_resize_shorter(size, self.cfg.val_crop_ratio)))
+        size, fp16 = self.size_at(epoch), self.cfg.output == "float16"
+        transform = (TrainTransform(size, self.cfg.min_area, normalize=fp16) if self.train
+                     else ValTransform(size, val_resize_shorter(size, self.cfg.val_crop_ratio), normalize=fp16))
         stream = self.stream(epoch, transform, skip)
         for images, labels in self.read(stream, len(self) - skip):
-            yield self.normalize(images), labels.to(self.device, non_blocking=True)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> normalized fp16, NCHW shape in channels-last memory (no transpose)."""
-        return normalize_uint8(images.to(self.device, non_blocking=True), self.scale, self.shift, self.cfg.pad_channels)
+            yield to_device(images, self.device, self.cfg.pad_channels), labels.to(self.device, non_blocking=True)

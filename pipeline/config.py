@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 LOADERS = ("dali", "baseline", "synthetic")
 AUTO_AUGMENTS = ("none", "trivial", "auto")
+OUTPUTS = ("uint8", "float16")
 
 
 @dataclass
@@ -28,6 +29,10 @@ class DataConfig:
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the GPU's hardware decoder (mixed only)
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
     auto_augment: str = "none"  # none | trivial (TrivialAugment Wide) | auto (AutoAugment ImageNet)
+    # What the loader hands over: uint8 (0..255, normalized on the device: pipeline/normalize.py;
+    # half the bytes, and no CPU time in DALI's float16 normalize, a large share of its CPU train
+    # stage: RESULTS.md, "CPU levers") or float16 (normalized on the CPU by DALI or the workers)
+    output: str = "uint8"
 
     def validate(self) -> None:
         """Raise ValueError naming the key of the first bad value."""
@@ -35,6 +40,8 @@ class DataConfig:
             raise ValueError(f"data.loader: {self.loader!r} is not one of {LOADERS}")
         if self.auto_augment not in AUTO_AUGMENTS:
             raise ValueError(f"data.auto_augment: {self.auto_augment!r} is not one of {AUTO_AUGMENTS}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"data.output: {self.output!r} is not one of {OUTPUTS}")
         for key in ("batch_size", "image_size", "val_image_size", "prefetch", "shuffle_buffer"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"data.{key}: must be positive, got {getattr(self, key)}")

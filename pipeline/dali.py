@@ -63,7 +63,7 @@ class DaliLoader(Loader):
             for i in range(start, len(self)):
                 outputs = first if i == start else self.run_batch(pipe, epoch)
                 first = None
-                if i == start and (self.epochs is None or epoch + 1 < self.epochs):
+                if i == start and self.build_ahead and (self.epochs is None or epoch + 1 < self.epochs):
                     self._build_ahead(epoch + 1)  # overlaps this epoch; ready when it ends
                 if i >= skip:
                     yield self._to_torch(*outputs)
@@ -176,7 +176,8 @@ class DaliLoader(Loader):
             self._inflight.popleft()
 
     def _to_torch(self, images, cls, src) -> Batch:
-        """DALI outputs -> (images NCHW fp16 channels-last, int64 labels) on the device. The images
+        """DALI outputs -> (images NCHW channels-last: fp16, or uint8 with data.output uint8, int64
+        labels) on the device. The images
         are DALI's buffer, not a copy: how long it lives is _keep_alive_until_used's rule."""
         labels = torch.from_numpy(parse_labels(cls.as_array(), self.num_classes, lambda i: sample_name(src, i)))
         cuda = self.device.type == "cuda"

@@ -1,8 +1,8 @@
 """The DALI graphs (train and val): the shard reader followed by a list of stages, each a DALI operator.
 
     train: decode a random-resized crop -> resize to size x size -> [colour jitter] -> [auto-augment]
-           -> flip + normalize to float16 HWC
-    val:   decode -> resize the shorter side -> centre crop + normalize to float16 HWC
+           -> flip + normalize to float16 HWC (data.output: uint8: flip only, uint8 HWC)
+    val:   decode -> resize the shorter side -> centre crop + normalize to float16 HWC (or uint8)
 
 Decoding is `mixed` (nvJPEG and the hardware JPEG decoder) on a GPU and `cpu` otherwise. The reader
 is given one rank's share of the shards (pipeline/share.py). Building and running the graphs epoch
@@ -101,12 +101,15 @@ def auto_augment(kind: str, size: int) -> Stage:
     return lambda images: policy(images, shape=[size, size])
 
 
-def normalize(pad: bool, crop: int | None = None, flip: bool = False) -> Stage:
-    """[Centre crop +] [random flip +] normalize + cast to float16 HWC (+ zero 4th channel): one kernel."""
+def normalize(pad: bool, crop: int | None = None, flip: bool = False, output: str = "float16") -> Stage:
+    """[Centre crop +] [random flip +] normalize + cast to float16 HWC (+ zero 4th channel): one
+    kernel. With output "uint8" the values are left as they are (pipeline/normalize.py normalizes
+    them on the device); the crop, flip and padding are the same, so are the random flips."""
+    values = (dict(dtype=types.FLOAT16, mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
+              if output == "float16" else dict(dtype=types.UINT8))
     return lambda images: fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT16, output_layout="HWC", crop=(crop, crop) if crop else None,
-        mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
-        mirror=fn.random.coin_flip(probability=FLIP_PROBABILITY) if flip else False, pad_output=pad)
+        images, output_layout="HWC", crop=(crop, crop) if crop else None,
+        mirror=fn.random.coin_flip(probability=FLIP_PROBABILITY) if flip else False, pad_output=pad, **values)
 
 
 def train_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
@@ -115,12 +118,12 @@ def train_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
         stages.append(color_jitter(cfg.color_jitter))
     if cfg.auto_augment != "none":
         stages.append(auto_augment(cfg.auto_augment, size))
-    return stages + [normalize(cfg.pad_channels, flip=True)]
+    return stages + [normalize(cfg.pad_channels, flip=True, output=cfg.output)]
 
 
 def val_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
     return [decode(dec), resize_shorter(val_resize_shorter(size, cfg.val_crop_ratio)),
-            normalize(cfg.pad_channels, crop=size)]
+            normalize(cfg.pad_channels, crop=size, output=cfg.output)]
 
 
 # --- the pipeline ---------------------------------------------------------------------------------

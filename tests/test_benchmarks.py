@@ -19,6 +19,7 @@ from benchmarks.cpu_time import descendants, tree_cpu_s
 from benchmarks.timing import endless
 from benchmarks.verdict import ADVICE, CONTENTION, mfu, verdict
 from pipeline import throughput
+from pipeline.normalize import model_input
 from pipeline.shards import scan_tar
 from train.summary import loop_verdict, wait_histogram
 
@@ -138,7 +139,7 @@ def test_pipeline_bench_writes_every_field(shards, tmp_path, monkeypatch):
             assert s["img_per_cpu_s"] > 0 and s["cpu_cores_busy"] == pytest.approx(s["img_per_s"] / s["img_per_cpu_s"])
         assert stages["read"]["mb_per_s"] > 0
         t = stages["train"]
-        assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "float16", "channels_last")
+        assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "uint8", "channels_last")
     assert (r["loaders"]["baseline"]["hand_off_dtype"], r["loaders"]["plain"]["hand_off_dtype"]) == ("uint8", "uint8")
     assert r["loaders"]["dali"]["threads"]["2"]["train"]["img_per_s"] == 300.0
     assert r["ratios"]["dali/baseline"]["2"]["train"]["img_per_s"] == 3.0
@@ -352,9 +353,9 @@ def test_rate_reads_the_cpu_clock_at_each_window_edge(monkeypatch):
 
 # --- plain: webdataset's documented recipe ------------------------------------------------------
 
-def plain_loader(data, hand_off: str, workers: int = 2, batch: int = 4):
+def plain_loader(data, output: str, workers: int = 2, batch: int = 4):
     args = pipeline_bench.parse_args(["--data", str(data), "--batch-size", str(batch), "--image-size", "24",
-                                      "--shuffle-buffer", "8", "--plain-hand-off", hand_off])
+                                      "--shuffle-buffer", "8", "--output", output])
     return build_any_loader(args, "plain", "train", torch.device("cpu"), 2, workers)
 
 
@@ -362,26 +363,25 @@ def plain_loader(data, hand_off: str, workers: int = 2, batch: int = 4):
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-@pytest.mark.parametrize(("hand_off", "dtype", "tolerance"), [("uint8", torch.float16, 2e-2),
-                                                              ("float16", torch.float16, 2e-2),
-                                                              ("float32", torch.float32, 1e-5)])
-def test_plain_loader_normalizes_as_imagenet_mean_std(tmp_path, hand_off, dtype, tolerance):
+@pytest.mark.parametrize("output", ["uint8", "float16"])
+def test_plain_loader_normalizes_as_imagenet_mean_std(tmp_path, output):
     """Every image one solid colour: any crop, resize or flip of it is that colour, so each
-    pixel must be (colour / 255 - mean) / std, computed here from the decoded JPEG."""
+    pixel must be (colour / 255 - mean) / std, computed here from the decoded JPEG (a uint8
+    hand-off after the training step's normalize)."""
     colour = (200, 30, 90)
     jpg = jpeg_bytes((50, 40), colour)
     data = make_shard(tmp_path / "d", [(f"k{i}", [("jpg", jpg), ("cls", str(i % 2).encode())]) for i in range(8)])
     decoded = np.array(Image.open(io.BytesIO(jpg)).convert("RGB"))[0, 0]  # the JPEG's colour, as decoded
     expected = torch.tensor((decoded / 255 - MEAN) / STD, dtype=torch.float32).view(1, 3, 1, 1)
-    loader = plain_loader(data, hand_off, workers=1)
+    loader = plain_loader(data, output, workers=1)
     batches = list(loader.epoch(0))
     assert len(batches) == len(loader) == 2
     for images, labels in batches:
-        assert images.shape == (4, 3, 24, 24) and images.dtype == dtype
-        # uint8 is normalized on the device as the baseline does (channels-last); float in the worker, NCHW
-        assert images.is_contiguous(memory_format=torch.channels_last) == (hand_off == "uint8")
+        assert images.shape == (4, 3, 24, 24) and images.dtype == getattr(torch, output)
+        # uint8 handed on as the baseline's (channels-last); float16 normalized in the worker, NCHW
+        assert images.is_contiguous(memory_format=torch.channels_last) == (output == "uint8")
         assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
-        assert (images.float() - expected).abs().max() <= tolerance
+        assert (model_input(images).float() - expected).abs().max() <= 2e-2  # fp16 rounding
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on 2 cores: slow, and correct
@@ -394,12 +394,12 @@ def test_plain_epoch_length_is_each_workers_full_batches(shards, workers):
 
 
 def test_plain_train_batches_are_normalized_random_crops(shards):
-    images, labels = next(plain_loader(shards, "float32", batch=8).epoch(0))
+    images, labels = next(plain_loader(shards, "float16", batch=8).epoch(0))
     assert images.shape == (8, 3, 24, 24) and 0 <= labels.min() and labels.max() < 10
     low, high = (0 - MEAN) / STD, (1 - MEAN) / STD  # the range of a normalized [0, 1] pixel
     for c in range(3):
-        assert low[c] - 1e-5 <= images[:, c].min() and images[:, c].max() <= high[c] + 1e-5
-    assert images.std() > 0.1  # real pictures, not a constant
+        assert low[c] - 1e-2 <= images[:, c].min() and images[:, c].max() <= high[c] + 1e-2  # fp16 rounding
+    assert images.float().std() > 0.1  # real pictures, not a constant
 
 
 def test_plain_refuses_more_workers_than_shards(tmp_path):

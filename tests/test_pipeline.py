@@ -18,6 +18,7 @@ from pipeline.augment import ASPECT_RANGE
 from pipeline.base import epoch_seed
 from pipeline.config import DataConfig
 from pipeline.loader import build_loader
+from pipeline.normalize import model_input
 from pipeline.shards import ShardError, idx_path, load_split, scan_tar
 from pipeline.share import ReaderInputs
 
@@ -36,10 +37,12 @@ def cfg(shards, loader="dali", **kw) -> DataConfig:
 def test_batch_format(shards, loader, split):
     it = build_loader(cfg(shards, loader), split, 0, 1, CPU).epoch(0)
     images, labels = next(it)
-    assert images.shape == (16, 3, 48, 48) and images.dtype == torch.float16
+    assert images.shape == (16, 3, 48, 48) and images.dtype == torch.uint8  # data.output's default
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert labels.dtype == torch.int64 and labels.shape == (16,) and 0 <= labels.min() and labels.max() < 10
-    assert -3 < images.float().mean() < 3 and 0.2 < images.float().std() < 2  # normalized, not 0..255
+    x = model_input(images)
+    assert x.dtype == torch.float16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert -3 < x.float().mean() < 3 and 0.2 < x.float().std() < 2  # normalized, not 0..255
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -236,11 +239,13 @@ def test_missing_paths_and_bad_config(tmp_path, shards):
 def test_dali_gpu_batch_is_on_the_gpu(shards):
     dev = torch.device("cuda", 0)
     images, labels = next(build_loader(cfg(shards), "train", 0, 1, dev).epoch(0))
-    assert images.is_cuda and labels.is_cuda and images.dtype == torch.float16
+    assert images.is_cuda and labels.is_cuda and images.dtype == torch.uint8
     assert images.is_contiguous(memory_format=torch.channels_last)
+    assert model_input(images).is_cuda and model_input(images).dtype == torch.float16
     cpu_images, _ = next(build_loader(cfg(shards), "val", 0, 1, CPU).epoch(0))
     gpu_images, _ = next(build_loader(cfg(shards), "val", 0, 1, dev).epoch(0))
-    assert (gpu_images.float().cpu() - cpu_images.float()).abs().mean() < 0.1  # same pipeline, two decoders
+    gpu, cpu = model_input(gpu_images).float().cpu(), model_input(cpu_images).float()
+    assert (gpu - cpu).abs().mean() < 0.1  # same pipeline, two decoders
 
 
 # --- the benchmarks' pipelines, cut short from the loaders -------------------------------------

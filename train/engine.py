@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.base import Loader
+from pipeline.normalize import model_input
 from pipeline.throughput import sync
 from train.amp import Precision
 from train.distill import Distiller
@@ -74,6 +75,7 @@ def train_step(parts: TrainParts, images: torch.Tensor, labels: torch.Tensor, gl
     lr = lr_at(global_step, parts.total_steps, parts.warmup_steps, parts.peak_lr)
     for group in opt.param_groups:
         group["lr"] = lr
+    images = model_input(images)  # a uint8 hand-off (data.output) is normalized here, on the device
     images, partner, lam = mix_batch(images, labels, parts.optim_cfg, parts.mix_seed, global_step)
     with prof.range("forward"), prec.autocast():
         x = prec.inputs(images)

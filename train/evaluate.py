@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.loader import Loader
+from pipeline.normalize import model_input
 from train.amp import Precision
 from train.distributed import DistInfo, all_reduce_sum
 
@@ -25,7 +26,7 @@ def evaluate(model: nn.Module, loader: Loader, epoch: int, precision: Precision,
     totals = torch.zeros(3, dtype=torch.int64, device=info.device)
     for images, labels in loader.epoch(epoch):
         with precision.autocast():
-            logits = model(precision.inputs(images))
+            logits = model(precision.inputs(model_input(images)))
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top.eq(labels[:, None])
