@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import write_json
+from benchmarks.common import one_line_errors, write_json
 from pipeline.augment import random_resized_crop_box
 from pipeline.baseline import TrainTransform
 from pipeline.config import OUTPUTS, DataConfig
@@ -269,14 +269,14 @@ def run(args) -> dict:
     return result
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         result = run(args)
-    except (ShardError, FileNotFoundError, ValueError, OSError, tarfile.TarError) as e:
+    except (ValueError, tarfile.TarError) as e:  # data too small for the windows; a tar webdataset cannot read
         why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"error: {why}" if args.data in why else f"error: {args.data}: {why}", file=sys.stderr)
-        return 1
+        raise ShardError(why if args.data in why else f"{args.data}: {why}") from None
     write_json(args.json, result, CPU)
     return 0
 

@@ -18,9 +18,8 @@ figure over its value at the first count. Torch runs on one thread in the benchm
 loader is measured (DataLoader workers always do). Median of repeats after warm-up; each repeat
 lies inside one epoch, after that epoch's first batches (pipeline.throughput.rate), with no work
 for the next epoch inside it (DALI's build-ahead is off here: benchmarks.startup measures the
-epoch turnover), and is 50
-batches on a GPU by default. `img_per_cpu_s`: images per CPU-second of this process (DALI's
-threads) and all its live descendants (the workers), over the same windows
+epoch turnover), and is 50 batches on a GPU by default. `img_per_cpu_s`: images per CPU-second of
+this process (DALI's threads) and all its live descendants (the workers), over the same windows
 (benchmarks/cpu_time.py). Each stage's `gpu_memory` holds torch's peak while it ran and the
 driver's count of used device memory at its end (benchmarks.common.gpu_memory; None on the CPU).
 """
@@ -68,9 +67,12 @@ def measure(loader_name: str, args, device: torch.device, classes: int, threads:
             loader: Loader | None = None) -> dict:
     """Every stage of one loader (`loader`, or one built here with `threads` threads) -> {stage:
     figures}: img/s and img per CPU-second (medians, and each repeat's), the CPU cores busy on
-    average, GPU memory; MB/s of the read stage; the shape and dtype the train stage hands over."""
-    loader = loader or timed_loader(args, loader_name, args.split, device, classes, threads)
-    loader.build_ahead = False  # the steady state: no next-epoch build inside a window (turnover is startup's)
+    average, GPU memory; MB/s of the read stage; the shape and dtype the train stage hands over.
+    A loader built here does not build its next epoch ahead (the steady state: no boundary work
+    inside a window); a loader given (the suite's, which also trains) is measured as it is."""
+    if loader is None:
+        loader = timed_loader(args, loader_name, args.split, device, classes, threads)
+        loader.build_ahead = False
     out = {}
     with torch_threads(1):
         for stage in filter(None, args.stages.split(",")):

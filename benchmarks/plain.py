@@ -123,13 +123,13 @@ class PlainLoader(Loader):
                              multiprocessing_context="forkserver" if cfg.workers else None)
 
     def epoch(self, epoch: int, skip: int = 0, position: bytes | None = None) -> Iterator[Batch]:
-        for images, labels in one_line_errors(itertools.islice(self._train, skip, len(self)), self.cfg.path):
+        for images, labels in as_shard_errors(itertools.islice(self._train, skip, len(self)), self.cfg.path):
             images = (to_device(images, self.device) if self.cfg.output == "uint8"
                       else images.to(self.device, non_blocking=True))
             yield images, labels.to(self.device, non_blocking=True)
 
 
-def one_line_errors(batches: Iterator, path: str) -> Iterator:
+def as_shard_errors(batches: Iterator, path: str) -> Iterator:
     """`batches`, with any error raised while reading them (a worker's comes with its traceback in
     the message) as a ShardError of one line naming `path`, the error's last line and, where
     webdataset adds it, the shard."""
@@ -147,4 +147,4 @@ def one_line_errors(batches: Iterator, path: str) -> Iterator:
 
 def epochs_of(webloader: wds.WebLoader, batches: int, path: str) -> Callable[[int], Iterator]:
     """epoch -> the first `batches` batches of a new pass over `webloader` (for benchmarks.timing.endless)."""
-    return lambda epoch: one_line_errors(itertools.islice(webloader, batches), path)
+    return lambda epoch: as_shard_errors(itertools.islice(webloader, batches), path)

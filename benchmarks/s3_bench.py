@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import write_json
+from benchmarks.common import one_line_errors, write_json
 from benchmarks.delay_proxy import delay_proxy
 from pipeline import stage
 from pipeline.config import DataConfig
@@ -77,6 +77,7 @@ def loader_rate(cfg: DataConfig, steps: int) -> tuple[float, float]:
     return first, steps * cfg.batch_size / (time.perf_counter() - t1)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=4096, help="train samples in the test set")

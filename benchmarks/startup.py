@@ -47,7 +47,7 @@ import sys  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks.common import gpu_memory  # noqa: E402
+from benchmarks.common import gpu_memory, one_line_errors  # noqa: E402
 from benchmarks.timing import resolve_device  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
@@ -149,6 +149,7 @@ def parse_args(argv=None):
     return args
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = DataConfig(path=args.data, loader=args.loader, batch_size=args.batch_size, image_size=args.image_size,

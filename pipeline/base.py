@@ -3,7 +3,8 @@
 A loader yields `(images, labels)` per batch: images `N x C x H x W` in `torch.channels_last`
 memory format (C = 3, or 4 with `pad_channels`), float16 normalized with the ImageNet mean/std, or
 uint8 (0..255, a zero 4th channel) with `data.output: uint8`, which pipeline/normalize.py's
-`model_input` normalizes on the device; labels int64 class indices; both on the loader's device.
+`model_input` normalizes on the device (the synthetic loader always yields float16: the
+model-only figure is taken from it); labels int64 class indices; both on the loader's device.
 `len(loader)` is the number of batches of one epoch on this rank, known before the epoch starts
 and the same on every rank for training. Validation loaders yield every sample of the rank's
 share exactly once (the last batch may be smaller), so summing over ranks counts each validation

@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import pickle
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -205,11 +206,20 @@ class Relay(IterableDataset):
 WORKER_START = "forkserver"  # not fork: a process that already runs DALI or CUDA threads must not fork
 
 
+def ignore_stop_signals(worker: int) -> None:
+    """A DataLoader worker's start: SIGUSR1 (the SLURM script's notice) and SIGINT (a terminal's
+    Ctrl-C reaches the whole process group) ask the training process to stop after its step and
+    checkpoint; it then shuts its workers down. SIGTERM keeps its default: it is how
+    multiprocessing and the DataLoader end a worker that does not stop by itself."""
+    for signum in (signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def dataloader(loader: Loader, relay: Relay) -> DataLoader:
-    """The DataLoader over `relay`: the loader's workers, kept between epochs (persistent), and
-    pinned memory on a GPU. (DataLoader workers run torch on one thread.)"""
+    """The DataLoader over `relay`: the loader's workers, kept between epochs (persistent), deaf
+    to stop requests, and pinned memory on a GPU. (DataLoader workers run torch on one thread.)"""
     cfg = loader.cfg
-    return DataLoader(relay, batch_size=loader.batch_size, num_workers=cfg.workers,
+    return DataLoader(relay, batch_size=loader.batch_size, num_workers=cfg.workers, worker_init_fn=ignore_stop_signals,
                       pin_memory=loader.device.type == "cuda",
                       prefetch_factor=cfg.prefetch if cfg.workers else None, drop_last=loader.train,
                       persistent_workers=cfg.workers > 0, multiprocessing_context=WORKER_START if cfg.workers else None)

@@ -30,8 +30,8 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength, 0 = off
     auto_augment: str = "none"  # none | trivial (TrivialAugment Wide) | auto (AutoAugment ImageNet)
     # What the loader hands over: uint8 (0..255, normalized on the device: pipeline/normalize.py;
-    # half the bytes, and no CPU time in DALI's float16 normalize, a large share of its CPU train
-    # stage: RESULTS.md, "CPU levers") or float16 (normalized on the CPU by DALI or the workers)
+    # half the bytes, and on a GPU no CPU time in DALI's float16 normalize, a large share of its
+    # CPU train stage: RESULTS.md, "CPU levers") or float16 (normalized on the CPU by DALI or the workers)
     output: str = "uint8"
 
     def validate(self) -> None:

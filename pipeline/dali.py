@@ -177,8 +177,8 @@ class DaliLoader(Loader):
 
     def _to_torch(self, images, cls, src) -> Batch:
         """DALI outputs -> (images NCHW channels-last: fp16, or uint8 with data.output uint8, int64
-        labels) on the device. The images
-        are DALI's buffer, not a copy: how long it lives is _keep_alive_until_used's rule."""
+        labels) on the device. The images are DALI's buffer, not a copy: how long it lives is
+        _keep_alive_until_used's rule."""
         labels = torch.from_numpy(parse_labels(cls.as_array(), self.num_classes, lambda i: sample_name(src, i)))
         cuda = self.device.type == "cuda"
         # DLPack makes torch's current stream wait for DALI's ready event (no host wait).

@@ -101,10 +101,11 @@ def auto_augment(kind: str, size: int) -> Stage:
     return lambda images: policy(images, shape=[size, size])
 
 
-def normalize(pad: bool, crop: int | None = None, flip: bool = False, output: str = "float16") -> Stage:
-    """[Centre crop +] [random flip +] normalize + cast to float16 HWC (+ zero 4th channel): one
-    kernel. With output "uint8" the values are left as they are (pipeline/normalize.py normalizes
-    them on the device); the crop, flip and padding are the same, so are the random flips."""
+def hand_off(pad: bool, crop: int | None = None, flip: bool = False, output: str = "float16") -> Stage:
+    """The graph's last stage, in one kernel: [centre crop +] [random flip +] HWC (+ zero 4th
+    channel) as the loader hands it over: normalized float16, or with output "uint8" the values
+    as they are (pipeline/normalize.py normalizes them on the device); the crop, flip and padding
+    are the same either way, so are the random flips."""
     values = (dict(dtype=types.FLOAT16, mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
               if output == "float16" else dict(dtype=types.UINT8))
     return lambda images: fn.crop_mirror_normalize(
@@ -118,12 +119,12 @@ def train_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
         stages.append(color_jitter(cfg.color_jitter))
     if cfg.auto_augment != "none":
         stages.append(auto_augment(cfg.auto_augment, size))
-    return stages + [normalize(cfg.pad_channels, flip=True, output=cfg.output)]
+    return stages + [hand_off(cfg.pad_channels, flip=True, output=cfg.output)]
 
 
 def val_stages(cfg: DataConfig, size: int, dec: Decoder) -> list[Stage]:
     return [decode(dec), resize_shorter(val_resize_shorter(size, cfg.val_crop_ratio)),
-            normalize(cfg.pad_channels, crop=size, output=cfg.output)]
+            hand_off(cfg.pad_channels, crop=size, output=cfg.output)]
 
 
 # --- the pipeline ---------------------------------------------------------------------------------

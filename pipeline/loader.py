@@ -42,7 +42,8 @@ def build_loader(cfg: DataConfig, split: str, rank: int, world: int, device: tor
 
     An `s3://` data.path is staged into data.cache_dir (pipeline/stage.py): the manifest and the
     split's indexes before this returns, the shards in the background on the node's local rank 0
-    (rank % local_world == 0: torchrun numbers ranks node by node), each waited for when read.
+    (rank % local_world == 0: torchrun and srun number ranks node by node); a loader waits for its
+    rank's shards of an epoch before the epoch's first batch.
 
     Raises ShardError (a shard that fails the pre-flight), FileNotFoundError (no data folder),
     StorageError (object storage failed, naming the URL) or ValueError naming the key (a config

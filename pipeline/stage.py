@@ -59,7 +59,7 @@ def client(opts: s3.S3Options):
 class ShardSource:
     """Where a mirrored folder's files come from: `url` (s3://bucket/prefix) -> `root`, each file
     checked against `sha256` (file name -> hex digest; a file not listed is checked by nothing but
-    its complete download). Picklable: DataLoader workers fetch with it too."""
+    its complete download). Picklable: it travels with the loader's SplitInfo."""
 
     url: str
     root: Path
@@ -195,7 +195,8 @@ def node_order(epoch_files: Callable[[int], tuple[list[str], list[int]]], epochs
 
 def stage_for_node(split: SplitInfo, order: list[str], cache_dir: str | Path) -> Transfers:
     """Start staging `split`'s shards in `order` in the background (the node's local rank 0 calls
-    it); the loaders wait for each file they open. Its errors are met again by the loader that
-    needs the file (which then fetches it itself), so nothing here raises after the space check."""
+    it); a loader waits for its rank's shards of an epoch before the epoch's first batch. Errors
+    here are met again by the loader that needs the file (which then fetches it itself), so
+    nothing here raises after the space check."""
     check_space(split, cache_dir)
     return Transfers(split.source.ensure, order, split.source.opts.workers)

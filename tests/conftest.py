@@ -32,6 +32,9 @@ from train.optim import build_optimizer
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8  # the tiny runs' batch size
 # A tiny training run: ResNet-18 at 32 px, DALI on the CPU, deterministic, EMA and mixup on.
+# ImageNet's mean and std of RGB in [0, 1], written out here rather than read from the code under test
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
 TINY = ["data.loader=dali", f"data.batch_size={BATCH}", "data.image_size=32", "data.val_image_size=32",
         "model.name=resnet18", "model.num_classes=10", "train.log_every=2", "optim.warmup_epochs=0.5",
         "optim.base_lr=2.0", "optim.mixup_alpha=0.2", "optim.ema_decay=0.9", "train.deterministic=true"]

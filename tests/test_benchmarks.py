@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import GOOD, call_main, jpeg_bytes, make_shard, started, truncate
+from conftest import GOOD, IMAGENET_MEAN, IMAGENET_STD, call_main, jpeg_bytes, make_shard, started, truncate
 from PIL import Image
 
 from benchmarks import pipeline_bench, shard_bench, suite, torchvision_check
@@ -359,8 +359,6 @@ def plain_loader(data, output: str, workers: int = 2, batch: int = 4):
     return build_any_loader(args, "plain", "train", torch.device("cpu"), 2, workers)
 
 
-# ImageNet's mean and std of RGB in [0, 1], written out here rather than read from the code under test
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
 @pytest.mark.parametrize("output", ["uint8", "float16"])
@@ -372,7 +370,7 @@ def test_plain_loader_normalizes_as_imagenet_mean_std(tmp_path, output):
     jpg = jpeg_bytes((50, 40), colour)
     data = make_shard(tmp_path / "d", [(f"k{i}", [("jpg", jpg), ("cls", str(i % 2).encode())]) for i in range(8)])
     decoded = np.array(Image.open(io.BytesIO(jpg)).convert("RGB"))[0, 0]  # the JPEG's colour, as decoded
-    expected = torch.tensor((decoded / 255 - MEAN) / STD, dtype=torch.float32).view(1, 3, 1, 1)
+    expected = torch.tensor((decoded / 255 - IMAGENET_MEAN) / IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     loader = plain_loader(data, output, workers=1)
     batches = list(loader.epoch(0))
     assert len(batches) == len(loader) == 2
@@ -396,7 +394,8 @@ def test_plain_epoch_length_is_each_workers_full_batches(shards, workers):
 def test_plain_train_batches_are_normalized_random_crops(shards):
     images, labels = next(plain_loader(shards, "float16", batch=8).epoch(0))
     assert images.shape == (8, 3, 24, 24) and 0 <= labels.min() and labels.max() < 10
-    low, high = (0 - MEAN) / STD, (1 - MEAN) / STD  # the range of a normalized [0, 1] pixel
+    # the range of a normalized [0, 1] pixel
+    low, high = (0 - IMAGENET_MEAN) / IMAGENET_STD, (1 - IMAGENET_MEAN) / IMAGENET_STD
     for c in range(3):
         assert low[c] - 1e-2 <= images[:, c].min() and images[:, c].max() <= high[c] + 1e-2  # fp16 rounding
     assert images.float().std() > 0.1  # real pictures, not a constant

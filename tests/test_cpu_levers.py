@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, call_main, ok, train
+from conftest import IMAGENET_MEAN, IMAGENET_STD, TINY, call_main, ok, train
 from PIL import Image
 
 from benchmarks import cpu_levers
@@ -23,7 +23,6 @@ from train import __main__ as trainer
 from train.config import ConfigError, load_config
 
 CPU = torch.device("cpu")
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet's, typed in
 
 
 def cfg(shards, loader, output) -> DataConfig:
@@ -47,7 +46,7 @@ def test_uint8_hand_off_normalizes_to_the_float16_values(shards, loader, split):
     assert raw.is_contiguous(memory_format=torch.channels_last)
     assert raw.float().std() > 10  # 0..255 pixels, not normalized values cast to uint8
     # The same crops and flips (same seed), normalized independently in float64:
-    expected = ((raw.numpy().transpose(0, 2, 3, 1) / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
+    expected = ((raw.numpy().transpose(0, 2, 3, 1) / 255 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
     assert within_one_ulp(fp16.numpy(), expected)
     on_device = model_input(raw)
     assert on_device.dtype == torch.float16 and on_device.is_contiguous(memory_format=torch.channels_last)
@@ -57,7 +56,7 @@ def test_uint8_hand_off_normalizes_to_the_float16_values(shards, loader, split):
 def test_normalize_of_a_large_cpu_batch_is_the_same_in_chunks():
     raw = torch.randint(0, 256, (5, 300, 300, 3), dtype=torch.uint8)  # above CPU_CHUNK_ELEMENTS: chunked
     assert raw.numel() > CPU_CHUNK_ELEMENTS
-    assert within_one_ulp(normalize_hwc(raw).numpy(), (raw.numpy() / 255 - MEAN) / STD)
+    assert within_one_ulp(normalize_hwc(raw).numpy(), (raw.numpy() / 255 - IMAGENET_MEAN) / IMAGENET_STD)
 
 
 def test_model_input_leaves_float16_alone_and_keeps_the_padding_zero():
@@ -67,7 +66,8 @@ def test_model_input_leaves_float16_alone_and_keeps_the_padding_zero():
     raw[:, 3] = 0  # the padding channel a 4-channel stem reads
     out = model_input(raw)
     assert out[:, 3].abs().max() == 0
-    assert torch.allclose(out[0, :3, 0, 0].float(), torch.tensor((1 - MEAN) / STD, dtype=torch.float32), atol=2e-3)
+    expected = torch.tensor((1 - IMAGENET_MEAN) / IMAGENET_STD, dtype=torch.float32)
+    assert torch.allclose(out[0, :3, 0, 0].float(), expected, atol=2e-3)
 
 
 @pytest.mark.parametrize("loader", ["dali", "baseline"])
@@ -149,7 +149,7 @@ def test_max_side_downscales_keeping_the_aspect_ratio(photo):
 
 def test_cpu_levers_bad_data_is_one_error_line(tmp_path):
     r = call_main(cpu_levers.main, ["--data", str(tmp_path / "missing")])
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
     assert str(tmp_path / "missing") in r.stderr
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -201,6 +202,30 @@ def test_baseline_checks_each_shard_once_and_keeps_its_workers(shards, monkeypat
     assert sorted(calls) == sorted(str(f) for f in load_split(shards, "train").files)  # each shard once
     assert len(during[0] - before) >= 2  # the two workers (and the forkserver, if it started here)
     assert during[1] <= during[0]  # no process started for epoch 1
+
+
+def parent(pid: int) -> int:
+    """The parent pid of `pid`, from /proc/PID/stat (the field after the state)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_baseline_workers_outlive_the_signals_that_stop_a_run(shards):
+    """The stop requests that reach every process (SLURM's USR1 notice, a terminal's Ctrl-C) are
+    the training process's: the workers ignore them, and the epoch reads to its end."""
+    loader = build_loader(cfg(shards, "baseline", workers=2), "train", 0, 1, CPU)
+    before = set(descendants(os.getpid()))
+    batches = loader.epoch(0)
+    labels = [next(batches)[1]]
+    # the workers, not the forkserver they were forked from (a child of this process)
+    workers = {pid for pid in set(descendants(os.getpid())) - before if parent(pid) != os.getpid()}
+    assert len(workers) == 2
+    for pid in workers:
+        for signum in (signal.SIGUSR1, signal.SIGINT):
+            os.kill(pid, signum)
+    labels += [y for _, y in batches]
+    assert sum(map(len, labels)) == len(loader) * loader.batch_size
+    assert workers <= set(descendants(os.getpid()))  # every worker still alive
 
 
 def test_baseline_does_not_recheck_a_shard_in_later_epochs(tmp_path):

@@ -13,10 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import TINY, ok, train
 
 from pipeline import s3, stage
 from pipeline.shards import INFO_NAME, idx_path
-from tests.conftest import TINY, ok, train
 from tools import local_s3, upload_shards
 
 pytestmark = pytest.mark.skipif(local_s3.rclone_binary() is None,
@@ -75,11 +75,27 @@ def test_rerun_downloads_only_the_manifest(uploaded, server, tmp_path):
     staged_split(cache)
     assert server.gets() == before + 1  # _info.json: the current sha256s
     assert server.gets(INFO_NAME) == 2
-    # A file changed in storage (a new manifest) is fetched again; the others are not.
+    # A staged file touched on the node no longer matches its record: fetched again; the others are not.
     name = info.files[0].name
-    os.utime(info.files[0], ns=(1, 1))  # what the record holds no longer matches: verified again
+    os.utime(info.files[0], ns=(1, 1))
     staged_split(cache)
     assert server.gets(name) == 2 and server.gets(info.files[1].name) == 1
+
+
+def test_a_file_changed_in_storage_is_fetched_again(uploaded, server, tmp_path):
+    """A new object and a new manifest naming its sha256: the rerun's manifest no longer matches
+    the staged file's record, so that file alone is downloaded again, and its new bytes kept."""
+    cache = tmp_path / "cache"
+    info = staged_split(cache)
+    name, other = info.files[0].name, info.files[1].name
+    new = b"not the shard that was staged"
+    manifest = json.loads((uploaded / INFO_NAME).read_text())
+    manifest["splits"]["train"]["shard_sha256"][0] = hashlib.sha256(new).hexdigest()
+    client = stage.client(QUICK)
+    client.put_object(Bucket="bucket", Key=f"data/{name}", Body=new)
+    client.put_object(Bucket="bucket", Key=f"data/{INFO_NAME}", Body=json.dumps(manifest).encode())
+    assert staged_split(cache).files[0].read_bytes() == new
+    assert server.gets(name) == 2 and server.gets(other) == 1
 
 
 def test_each_file_is_fetched_once_per_node(uploaded, server, tmp_path):

@@ -37,18 +37,29 @@ def cluster_answers() -> bool:
     return r.returncode == 0 and bool(set(r.stdout.split()) & {"idle", "mixed", "allocated"})
 
 
+LOCAL_SLURM = ROOT / "tools" / "local_slurm.sh"
+START_S = 600  # installing slurm and munge with apt, then starting them (inside the slow tests' limit)
+
+
 @pytest.fixture(scope="session")
 def cluster():
-    """A running slurm cluster: the one that answers, or tools/local_slurm.sh's."""
+    """A running slurm cluster: the one that answers, or tools/local_slurm.sh's, which is stopped
+    again when the session ends."""
     if cluster_answers():
+        yield
         return
     if os.geteuid() != 0:
         pytest.skip("no slurm cluster answers, and starting one (tools/local_slurm.sh) needs root")
     if not shutil.which("apt-get") and not shutil.which("slurmctld"):
         pytest.skip("no slurm cluster answers, and there is no apt-get to install one")
-    r = subprocess.run(["bash", str(ROOT / "tools" / "local_slurm.sh")], capture_output=True, text=True, timeout=900)
+    try:
+        r = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=START_S)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"tools/local_slurm.sh did not start a cluster within {START_S} s (apt?)")
     if r.returncode != 0:
         pytest.skip(f"tools/local_slurm.sh could not start a cluster: {r.stderr.strip().splitlines()[-1:]}")
+    yield
+    subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, timeout=60)
 
 
 def show_job(job: str) -> dict:

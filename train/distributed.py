@@ -47,10 +47,10 @@ def setup() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    timeout = timedelta(minutes=30)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        timeout = timedelta(minutes=30)
         dist.init_process_group(backend, store=_restart_safe_store(world, timeout), rank=rank, world_size=world,
                                 timeout=timeout, **kwargs)
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if world > 1 else None

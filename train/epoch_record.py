@@ -27,8 +27,7 @@ def merged(before: dict, after: dict) -> dict:
     """One record for an epoch run as `before` (stopped) then `after` (resumed). Loss is the mean
     over all steps (each part's mean weighted by its steps); time and the data-wait histogram add
     up; img/s is the parts' rates weighted by time per step (each part's warm-up left out of its
-own timing); the data-wait
-    share is weighted by time."""
+    own timing); the data-wait share is weighted by time."""
     a, b = before["steps"], after["steps"]
     steps, train_s = a + b, before["train_s"] + after["train_s"]
     return {
