@@ -11,6 +11,7 @@ reference run (conftest.REFERENCE).
 """
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -358,11 +359,13 @@ def rewrite_shard(out: Path, name: str, change) -> str:
                 change(files)
             w.add_sample(members[0].key, list(files.items()))
         w.close()
-    tar.with_suffix(".idx").write_text(format_idx(w.samples))
+    index = format_idx(w.samples).encode()
+    tar.with_suffix(".idx").write_bytes(index)
     info = json.loads((out / "_info.json").read_text())
     split = info["splits"]["train"]
     i = split["filenames"].index(name)
     split["shard_bytes"][i], split["shard_sha256"][i] = w.pos, w.sha.hexdigest()
+    split["shard_idx_sha256"][i] = hashlib.sha256(index).hexdigest()
     (out / "_info.json").write_text(json.dumps(info))
     return samples[3][0].key
 
