@@ -412,9 +412,12 @@ def test_more_ranks_than_samples_is_a_config_error(shards, tmp_path, monkeypatch
     cfg = load_config(None, [f"data.path={shards}", "data.batch_size=1", "model.name=resnet18",
                              "model.num_classes=10", f"run_dir={tmp_path / 'run'}"])
     n = load_split(shards, "train").num_samples
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)]
     with pytest.raises(ConfigError, match=rf"^config: train: {n + 1} ranks but only {n} samples$"):
         trainer_mod.run(cfg, DistInfo(rank=0, world=n + 1, local_rank=0, device=torch.device("cpu")))
     assert not (tmp_path / "run").exists()
+    # the run's stop handlers are gone with it (a forked pool worker would otherwise ignore SIGTERM)
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)] == handlers
 
 
 def test_fault_hook_fires_once_on_the_last_rank_only(monkeypatch, tmp_path):

@@ -9,7 +9,9 @@ the same sum, so all stop after the same step, the one after the signal, and che
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,18 @@ class StopFlag:
         for signum in SIGNALS:
             signal.signal(signum, self._handle)
         return self
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        """The flag's handlers for the block, the previous ones back after it: a process that goes
+        on (a test, a notebook, a forked pool worker) must not inherit a handler that only sets a
+        flag no loop reads any more, so that SIGTERM would no longer end it."""
+        previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+        try:
+            yield self.install()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested and signum == signal.SIGINT:

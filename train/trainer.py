@@ -356,10 +356,10 @@ def run(cfg: Config, info: DistInfo) -> int:
     """Train `cfg` on this rank: build, fit, summarize. Returns 0 (done, or stopped cleanly);
     errors raise (main turns them into one line and an exit code)."""
     t_start = time.perf_counter()
-    stop = StopFlag().install()  # before building: a signal then stops after the first step, not the process
-    r = build_run(cfg, info)
-    fit(r, stop)
-    finish(r, time.perf_counter() - t_start)
+    with StopFlag().installed() as stop:  # before building: a signal then stops after the first step
+        r = build_run(cfg, info)
+        fit(r, stop)
+        finish(r, time.perf_counter() - t_start)
     return 0
 
 
