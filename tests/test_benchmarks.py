@@ -104,12 +104,15 @@ def test_rate_without_epochs_times_back_to_back_and_refuses_short_epochs():
 
 
 def forcing(real, forced, seen=None):
-    """`real` (a rate function), whose reported rate is replaced by the next of `forced`; each
-    call's torch thread count is appended to `seen` when given."""
+    """`real` (a rate function), whose reported rate is replaced by the next of `forced`, and its
+    rate per CPU-second by half that (two cores busy: a window this short may use less CPU than
+    the clock's tick, which the real figure reports as None); each call's torch thread count is
+    appended to `seen` when given."""
     def rate(*args, **kwargs):
         if seen is not None:
             seen.append(torch.get_num_threads())
-        return {**real(*args, **kwargs), "per_s": next(forced)}
+        per_s = next(forced)
+        return {**real(*args, **kwargs), "per_s": per_s, "per_cpu_s": per_s / 2}
     return rate
 
 
@@ -135,8 +138,8 @@ def test_pipeline_bench_writes_every_field(shards, tmp_path, monkeypatch):
         assert set(stages) == {"read", "decode", "train"} and loader["scaling"]["2"] == {s: 1.0 for s in stages}
         for s in stages.values():
             assert min(s["repeats_img_per_s"]) > 0 and len(s["repeats_img_per_s"]) == 2
-            # every figure per CPU-second too: the busy cores it implies are the rate over it
-            assert s["img_per_cpu_s"] > 0 and s["cpu_cores_busy"] == pytest.approx(s["img_per_s"] / s["img_per_cpu_s"])
+            # every figure per CPU-second too, and the busy cores that implies
+            assert s["img_per_cpu_s"] == s["img_per_s"] / 2 and s["cpu_cores_busy"] == pytest.approx(2.0)
         assert stages["read"]["mb_per_s"] > 0
         t = stages["train"]
         assert (t["batch_shape"], t["dtype"], t["memory_format"]) == ([8, 3, 32, 32], "uint8", "channels_last")
