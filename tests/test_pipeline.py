@@ -216,7 +216,8 @@ def test_baseline_workers_outlive_the_signals_that_stop_a_run(shards):
     loader = build_loader(cfg(shards, "baseline", workers=2), "train", 0, 1, CPU)
     before = set(descendants(os.getpid()))
     batches = loader.epoch(0)
-    labels = [next(batches)[1]]
+    assert len(loader) > 2
+    labels = [next(batches)[1], next(batches)[1]]  # one batch from each worker: both have started
     # the workers, not the forkserver they were forked from (a child of this process)
     workers = {pid for pid in set(descendants(os.getpid())) - before if parent(pid) != os.getpid()}
     assert len(workers) == 2
