@@ -4,8 +4,8 @@ Per step the host only launches work: it reads no device value, so it runs ahead
 the next batch's input work overlaps this one's compute. Every `log_every` steps (and at the end
 of the epoch) one all-reduce + `.tolist()` syncs: that is where loss and throughput of all ranks
 are read. A stop request is voted on after every step on the host alone (train/stop.py), so every
-rank stops at the step after the signal. Time blocked in `next(batches)` is data wait; the rest of an interval's
-wall time is compute (exact at log points, because the log syncs).
+rank stops at the step after the signal. Time blocked in `next(batches)` is data wait; the rest
+of an interval's wall time is compute (exact at log points, because the log syncs).
 """
 
 from __future__ import annotations
